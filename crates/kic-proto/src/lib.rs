@@ -1,0 +1,181 @@
+//! The host ↔ tether protocol, shared by both ends.
+//!
+//! **Owns:** the message types, the resync handshake and the stream multiplexer set-up.
+//! **Must not:** touch libvirt, the datastore or processes; it only moves bytes and messages.
+//! **Callers:** `kic-tether` (guest, multiplexer server side) and `kic-portlayer` (host, client side).
+//!
+//! ## Wire model
+//!
+//! One virtio-serial port carries everything. Because the host side can go away at any time (the
+//! endpoint is killed and restarted), every connection begins with a handshake that throws away
+//! whatever stale bytes an earlier connection left in the pipes:
+//!
+//! 1. the guest, while it has no session, writes `READY` lines ([`handshake`]) every 100 ms;
+//! 2. the host, on the first `READY`, writes one `SYNC:<nonce>` line;
+//! 3. the guest answers `ACK:<nonce>` and starts a yamux session as server; the host discards all
+//!    bytes up to that `ACK` line and starts yamux as client.
+//!
+//! Inside the session the host opens every stream. The first frame of a stream is a
+//! [`StreamHeader`] (length-delimited JSON, see [`frame`]), which says what the stream is for:
+//!
+//! * [`StreamHeader::Request`]: one [`Request`] and its [`Response`], then the stream closes;
+//! * [`StreamHeader::Events`]: the guest pushes [`Event`]s (first a snapshot of every process);
+//! * [`StreamHeader::Stdin`]: raw bytes for a process's stdin. A stream ending is *not* end of
+//!   input (it may be a lost connection): the host sends [`Request::CloseStdin`] explicitly;
+//! * [`StreamHeader::Output`]: the guest answers with [`OutputStart`] and then sends raw output
+//!   bytes from that offset; the host writes back big-endian `u64` acknowledged offsets, and the
+//!   guest frees buffered output only when it is acknowledged. The guest closes the stream when
+//!   the process's output has ended and everything was sent.
+//!
+//! Back-pressure is end to end: the guest stops reading a process's pipe while its unacknowledged
+//! buffer is full, and yamux's per-stream window stops the host writing stdin faster than the
+//! process reads it.
+
+pub mod frame;
+pub mod handshake;
+pub mod mux;
+
+use serde::{Deserialize, Serialize};
+
+/// Protocol version; both ends refuse a session with a different major version.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// Name of the virtio-serial port the tether talks on (the libvirt channel target name).
+pub const CHANNEL_NAME: &str = "org.kic.tether.0";
+
+/// Process id of a container's main process.
+pub const MAIN_ID: &str = "main";
+
+/// What a process runs: argv, environment, working directory, identity and stdio shape.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProcessSpec {
+    /// argv; `args[0]` is looked up in `PATH` inside the container when it has no `/`.
+    pub args: Vec<String>,
+    /// `KEY=value` pairs, already merged (image then request).
+    pub env: Vec<String>,
+    /// Working directory inside the container; empty means `/`.
+    pub cwd: String,
+    /// Docker's `--user`: empty, `name`, `uid`, `name:group`, `uid:gid`.
+    pub user: String,
+    /// Allocate a terminal; output then comes as one stream (fd 1).
+    pub tty: bool,
+    /// Keep stdin open for the host; otherwise the process gets `/dev/null`.
+    pub stdin: bool,
+    /// Initial terminal size (rows, cols) when `tty`.
+    pub size: Option<(u16, u16)>,
+}
+
+/// Everything the tether needs to turn the VM into the container.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ContainerSpec {
+    pub id: String,
+    pub hostname: String,
+    /// Full contents for the container's `/etc/hosts`.
+    pub hosts: String,
+    /// Full contents for `/etc/resolv.conf`; `None` keeps the image's file.
+    pub resolv_conf: Option<String>,
+    /// Guest device holding the container's root filesystem (ext4), e.g. `/dev/vda`.
+    pub root_device: String,
+    pub main: ProcessSpec,
+}
+
+/// How a stream is used; the first frame the host writes on every stream.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "snake_case")]
+pub enum StreamHeader {
+    Request,
+    Events,
+    Stdin { id: String },
+    Output { id: String, fd: u8, offset: u64 },
+}
+
+/// The guest's first frame on an output stream: where the bytes that follow start.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OutputStart {
+    /// Offset of the first byte that follows. Larger than requested only if the host asked for
+    /// bytes it had already acknowledged (and the guest freed).
+    pub offset: u64,
+    /// Set when there is no such process or stream.
+    pub error: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "snake_case")]
+pub enum Request {
+    /// First request of a session: who are you, what runs.
+    Hello { version: u32 },
+    /// Set up the container and start its main process (once per boot).
+    Start { spec: Box<ContainerSpec> },
+    /// Start a further process in the running container.
+    Exec { id: String, spec: ProcessSpec },
+    Signal { id: String, signal: i32 },
+    Resize { id: String, rows: u16, cols: u16 },
+    /// End of input for a process's stdin.
+    CloseStdin { id: String },
+    /// The host has stored this exit; the guest may forget the process. For the main process
+    /// this also syncs the disks and powers the VM off.
+    AckExit { id: String },
+    /// List the processes and their state.
+    State,
+    /// Read a file from the container's filesystem (small files: `/etc/passwd` and friends).
+    ReadFile { path: String },
+    /// Process list as `ps -ef` would show it (for `docker top`).
+    Top,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "snake_case")]
+pub enum Response {
+    Hello { version: u32, boot_id: String, started: bool, processes: Vec<ProcessState> },
+    Ok,
+    Started { pid: i32 },
+    State { processes: Vec<ProcessState> },
+    File { data: Vec<u8> },
+    Top { titles: Vec<String>, processes: Vec<Vec<String>> },
+    /// The request failed. `exit_code` is set when a process could not be started and carries
+    /// the code a shell would report (126 not executable, 127 not found).
+    Error { message: String, exit_code: Option<i32> },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProcessState {
+    pub id: String,
+    pub pid: i32,
+    /// Exit code once it ended (128+signal when killed by a signal).
+    pub exit_code: Option<i32>,
+    pub tty: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "snake_case")]
+pub enum Event {
+    /// Sent first on every events stream: every process the guest still knows.
+    Snapshot { processes: Vec<ProcessState> },
+    Started { id: String, pid: i32 },
+    Exited { id: String, exit_code: i32 },
+}
+
+/// Output stream numbers, as in Docker's multiplexed stream format.
+pub const STDOUT: u8 = 1;
+pub const STDERR: u8 = 2;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests_round_trip_and_reject_unknown_fields() {
+        let r = Request::Exec {
+            id: "e1".into(),
+            spec: ProcessSpec { args: vec!["sh".into()], tty: true, ..Default::default() },
+        };
+        let s = serde_json::to_string(&r).unwrap();
+        assert_eq!(serde_json::from_str::<Request>(&s).unwrap(), r);
+        let bad = r#"{"signal":{"id":"main","signal":9,"extra":1}}"#;
+        assert!(serde_json::from_str::<Request>(bad).is_err());
+    }
+}
