@@ -1,1 +1,0 @@
-//! kic-tether

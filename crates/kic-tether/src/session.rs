@@ -1,0 +1,290 @@
+//! Serving the host over the virtio-serial port, one session per host connection.
+
+use crate::output::Chunk;
+use crate::procs::{set_winsize, Stdin, Table};
+use crate::sys;
+use kic_proto::{frame, handshake, mux, Event, OutputStart, Request, Response, StreamHeader, MAIN_ID, PROTOCOL_VERSION};
+use std::io;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{ready, Context, Poll};
+use std::time::Duration;
+use tokio::io::unix::AsyncFd;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+
+pub struct Tether {
+    pub table: Table,
+    pub started: Mutex<bool>,
+    pub boot_id: String,
+}
+
+/// The port device as a tokio I/O object. A read of 0 bytes means the host went away.
+struct PortIo(AsyncFd<OwnedFd>);
+
+impl AsyncRead for PortIo {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        loop {
+            let mut g = ready!(self.0.poll_read_ready(cx))?;
+            let unfilled = buf.initialize_unfilled();
+            match g.try_io(|inner| {
+                // SAFETY: `unfilled` is valid writable memory of its length.
+                let n = unsafe { libc::read(inner.as_raw_fd(), unfilled.as_mut_ptr().cast(), unfilled.len()) };
+                if n < 0 {
+                    Err(io::Error::last_os_error())
+                } else {
+                    Ok(n as usize)
+                }
+            }) {
+                Ok(Ok(n)) => {
+                    buf.advance(n);
+                    return Poll::Ready(Ok(()));
+                }
+                Ok(Err(e)) => return Poll::Ready(Err(e)),
+                Err(_would_block) => continue,
+            }
+        }
+    }
+}
+
+impl AsyncWrite for PortIo {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, data: &[u8]) -> Poll<io::Result<usize>> {
+        loop {
+            let mut g = ready!(self.0.poll_write_ready(cx))?;
+            match g.try_io(|inner| {
+                // SAFETY: `data` is valid for its length.
+                let n = unsafe { libc::write(inner.as_raw_fd(), data.as_ptr().cast(), data.len()) };
+                if n < 0 {
+                    Err(io::Error::last_os_error())
+                } else {
+                    Ok(n as usize)
+                }
+            }) {
+                Ok(r) => return Poll::Ready(r),
+                Err(_would_block) => continue,
+            }
+        }
+    }
+    fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+    fn poll_shutdown(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+}
+
+/// True while a host has the port open.
+fn host_connected(port: &OwnedFd) -> bool {
+    let mut p = libc::pollfd { fd: port.as_raw_fd(), events: libc::POLLOUT, revents: 0 };
+    // SAFETY: one valid pollfd, no wait.
+    let n = unsafe { libc::poll(&mut p, 1, 0) };
+    n > 0 && p.revents & libc::POLLOUT != 0 && p.revents & libc::POLLHUP == 0
+}
+
+/// Serve host sessions forever.
+pub async fn serve(t: Arc<Tether>, port: OwnedFd) {
+    loop {
+        while !host_connected(&port) {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let io = match port.try_clone().and_then(crate::procs::nonblocking) {
+            Ok(fd) => PortIo(fd),
+            Err(e) => {
+                eprintln!("kic-tether: cannot use the channel: {e}");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
+            }
+        };
+        let s = match handshake::guest(io).await {
+            Ok(s) => s,
+            Err(e) => {
+                if e.kind() != io::ErrorKind::NotConnected {
+                    eprintln!("kic-tether: handshake failed: {e}");
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                continue;
+            }
+        };
+        let (_opener, mut inbound, driver) = mux::start(s, mux::Mode::Server);
+        let d = tokio::spawn(driver);
+        while let Some(stream) = inbound.recv().await {
+            let t = t.clone();
+            tokio::spawn(async move {
+                if let Err(e) = handle(t, stream).await {
+                    if !matches!(e.kind(), io::ErrorKind::NotConnected | io::ErrorKind::BrokenPipe | io::ErrorKind::UnexpectedEof) {
+                        eprintln!("kic-tether: stream: {e}");
+                    }
+                }
+            });
+        }
+        let _ = d.await;
+    }
+}
+
+async fn handle(t: Arc<Tether>, mut st: mux::MuxStream) -> io::Result<()> {
+    let header: StreamHeader = frame::read_required(&mut st).await?;
+    match header {
+        StreamHeader::Request => {
+            let req: Request = frame::read_required(&mut st).await?;
+            let resp = request(&t, req).await;
+            frame::write(&mut st, &resp).await?;
+            st.shutdown().await
+        }
+        StreamHeader::Events => {
+            let mut rx = t.table.events.subscribe();
+            frame::write(&mut st, &Event::Snapshot { processes: t.table.states() }).await?;
+            loop {
+                match rx.recv().await {
+                    Ok(ev) => frame::write(&mut st, &ev).await?,
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
+                        frame::write(&mut st, &Event::Snapshot { processes: t.table.states() }).await?
+                    }
+                    Err(_) => return Ok(()),
+                }
+            }
+        }
+        StreamHeader::Stdin { id } => {
+            let sink = t.table.procs.lock().expect("proc lock").get(&id).map(|p| p.stdin.clone());
+            let Some(sink) = sink else { return Ok(()) };
+            let mut buf = vec![0u8; 32 << 10];
+            loop {
+                let n = st.read(&mut buf).await?;
+                if n == 0 {
+                    // The stream ended (maybe a lost host): not the end of input, which comes
+                    // as an explicit CloseStdin.
+                    return Ok(());
+                }
+                let guard = sink.lock().await;
+                match guard.as_ref() {
+                    Some(s) => {
+                        if s.write_all(&buf[..n]).await.is_err() {
+                            return Ok(());
+                        }
+                    }
+                    None => return Ok(()),
+                }
+            }
+        }
+        StreamHeader::Output { id, fd, offset } => {
+            let buf = t.table.procs.lock().expect("proc lock").get(&id).and_then(|p| p.output(fd));
+            let Some(buf) = buf else {
+                let start = OutputStart { offset, error: Some(format!("no output {fd} for process {id}")) };
+                frame::write(&mut st, &start).await?;
+                return st.shutdown().await;
+            };
+            let mut pos = buf.start_at(offset);
+            frame::write(&mut st, &OutputStart { offset: pos, error: None }).await?;
+            let (mut rd, mut wr) = tokio::io::split(st);
+            let acks = {
+                let buf = buf.clone();
+                tokio::spawn(async move {
+                    while let Ok(v) = rd.read_u64().await {
+                        buf.ack(v);
+                    }
+                })
+            };
+            loop {
+                match buf.read_from(pos) {
+                    Chunk::Data { offset, bytes } => {
+                        wr.write_all(&bytes).await?;
+                        pos = offset + bytes.len() as u64;
+                    }
+                    Chunk::Eof => break,
+                    Chunk::Wait => buf.wait_data(pos).await,
+                }
+            }
+            wr.shutdown().await?;
+            let _ = acks.await;
+            Ok(())
+        }
+    }
+}
+
+fn error(message: impl Into<String>) -> Response {
+    Response::Error { message: message.into(), exit_code: None }
+}
+
+async fn request(t: &Arc<Tether>, req: Request) -> Response {
+    match req {
+        Request::Hello { version } => {
+            if version != PROTOCOL_VERSION {
+                return error(format!("protocol version {version} is not supported (tether speaks {PROTOCOL_VERSION})"));
+            }
+            Response::Hello {
+                version: PROTOCOL_VERSION,
+                boot_id: t.boot_id.clone(),
+                started: *t.started.lock().expect("lock"),
+                processes: t.table.states(),
+            }
+        }
+        Request::Start { spec } => {
+            {
+                let mut started = t.started.lock().expect("lock");
+                if *started {
+                    return error("the container was started already in this VM");
+                }
+                *started = true;
+            }
+            if let Err(e) = sys::enter_container(&spec) {
+                return Response::Error { message: e, exit_code: Some(126) };
+            }
+            match t.table.spawn(MAIN_ID, &spec.main) {
+                Ok(pid) => Response::Started { pid },
+                Err(e) => Response::Error { message: e.message, exit_code: Some(e.exit_code) },
+            }
+        }
+        Request::Exec { id, spec } => {
+            if !*t.started.lock().expect("lock") {
+                return error("the container is not running");
+            }
+            match t.table.spawn(&id, &spec) {
+                Ok(pid) => Response::Started { pid },
+                Err(e) => Response::Error { message: e.message, exit_code: Some(e.exit_code) },
+            }
+        }
+        Request::Signal { id, signal } => match t.table.signal(&id, signal) {
+            Ok(()) => Response::Ok,
+            Err(e) => error(e),
+        },
+        Request::Resize { id, rows, cols } => {
+            match t.table.procs.lock().expect("proc lock").get(&id).and_then(|p| p.master.clone()) {
+                Some(m) => {
+                    set_winsize(m.get_ref(), rows, cols);
+                    Response::Ok
+                }
+                None => error(format!("process {id} has no terminal")),
+            }
+        }
+        Request::CloseStdin { id } => {
+            let sink = t.table.procs.lock().expect("proc lock").get(&id).map(|p| p.stdin.clone());
+            if let Some(sink) = sink {
+                let mut g = sink.lock().await;
+                if matches!(g.as_ref(), Some(Stdin::Pipe(_))) {
+                    *g = None;
+                }
+            }
+            Response::Ok
+        }
+        Request::AckExit { id } => {
+            if id == MAIN_ID {
+                tokio::spawn(async {
+                    // Let the answer reach the host, then end the VM.
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    sys::power_off();
+                });
+            } else {
+                let mut procs = t.table.procs.lock().expect("proc lock");
+                if procs.get(&id).is_some_and(|p| p.exit.is_some()) {
+                    procs.remove(&id);
+                }
+            }
+            Response::Ok
+        }
+        Request::State => Response::State { processes: t.table.states() },
+        Request::ReadFile { path } => match std::fs::read(&path) {
+            Ok(data) => Response::File { data },
+            Err(e) => error(format!("read {path}: {e}")),
+        },
+        Request::Top => crate::top::top(),
+    }
+}
