@@ -32,6 +32,10 @@ pub enum ImageError {
     #[error("No such image: {0}")]
     NotFound(String),
 
+    /// The registry has no manifest for the tag or digest asked (Docker's wording).
+    #[error("manifest for {0} not found: manifest unknown")]
+    ManifestUnknown(String),
+
     /// A reference, manifest, configuration or layout that cannot be used.
     #[error("{0}")]
     Invalid(String),
@@ -78,7 +82,7 @@ impl ImageError {
     /// The class of the error, for status mapping.
     pub fn kind(&self) -> ErrorKind {
         match self {
-            ImageError::NotFound(_) => ErrorKind::NotFound,
+            ImageError::NotFound(_) | ImageError::ManifestUnknown(_) => ErrorKind::NotFound,
             ImageError::Invalid(_) => ErrorKind::Invalid,
             ImageError::Conflict(_) => ErrorKind::Conflict,
             ImageError::Unsafe { .. } | ImageError::DigestMismatch { .. } => ErrorKind::Unsafe,

@@ -1,0 +1,449 @@
+//! A client for the OCI Distribution API: manifests and blobs, with Basic and Bearer auth.
+//!
+//! HTTPS with verified certificates by default. Registries listed as insecure (and loopback
+//! hosts, as dockerd does) are tried over HTTPS without verification first, then plain HTTP.
+
+use std::time::Duration;
+
+use futures::StreamExt;
+use reqwest::header::{HeaderMap, ACCEPT, AUTHORIZATION, CONTENT_TYPE, WWW_AUTHENTICATE};
+use reqwest::{Response, StatusCode};
+use tokio::sync::Mutex;
+
+use crate::digest::Digest;
+use crate::error::{ImageError, Result};
+use crate::reference::Reference;
+use crate::spec::{manifest_accept, Descriptor};
+
+/// Largest manifest or index accepted.
+const MAX_MANIFEST: usize = 4 << 20;
+
+/// How to reach a registry.
+#[derive(Debug, Clone, Default)]
+pub struct RegistryOptions {
+    /// `host[:port]` entries allowed over plain HTTP or unverified HTTPS.
+    pub insecure_registries: Vec<String>,
+    /// Username and password (or token) for Basic auth and token requests.
+    pub credentials: Option<(String, String)>,
+}
+
+/// True if `domain` may be reached without verified TLS.
+pub fn is_insecure(domain: &str, insecure: &[String]) -> bool {
+    let host = match domain.strip_prefix('[') {
+        Some(rest) => rest.split(']').next().unwrap_or(rest),
+        None => domain.rsplit_once(':').map(|(h, _)| h).unwrap_or(domain),
+    };
+    if host == "localhost" || host == "::1" || host.starts_with("127.") {
+        return true;
+    }
+    insecure.iter().any(|i| {
+        let i = i
+            .trim_start_matches("http://")
+            .trim_start_matches("https://")
+            .trim_end_matches('/');
+        i == domain || i == host
+    })
+}
+
+enum Auth {
+    None,
+    Basic,
+    Bearer(String),
+}
+
+/// A session with one repository of one registry.
+pub struct RegistryClient {
+    http: reqwest::Client,
+    base: String,
+    registry: String,
+    repository: String,
+    familiar: String,
+    creds: Option<(String, String)>,
+    auth: Mutex<Auth>,
+}
+
+/// A fetched manifest-shaped document.
+pub struct FetchedManifest {
+    pub body: Vec<u8>,
+    pub digest: Digest,
+    pub content_type: Option<String>,
+}
+
+fn client(verify: bool) -> Result<reqwest::Client> {
+    reqwest::Client::builder()
+        .danger_accept_invalid_certs(!verify)
+        .connect_timeout(Duration::from_secs(15))
+        .user_agent(concat!("kic-image/", env!("CARGO_PKG_VERSION")))
+        .build()
+        .map_err(|e| ImageError::Invalid(format!("cannot build HTTP client: {e}")))
+}
+
+fn err_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}
+
+/// Parses `Bearer realm="..",service="..",scope=".."` into its scheme and parameters.
+pub fn parse_challenge(h: &str) -> (String, Vec<(String, String)>) {
+    let h = h.trim();
+    let (scheme, rest) = h.split_once(' ').unwrap_or((h, ""));
+    let mut params = Vec::new();
+    let mut s = rest.trim();
+    while !s.is_empty() {
+        let Some((k, v)) = s.split_once('=') else {
+            break;
+        };
+        let k = k.trim().trim_start_matches(',').trim().to_ascii_lowercase();
+        let v = v.trim_start();
+        let (val, next) = if let Some(q) = v.strip_prefix('"') {
+            let mut out = String::new();
+            let mut chars = q.char_indices();
+            let mut end = q.len();
+            while let Some((i, c)) = chars.next() {
+                match c {
+                    '\\' => {
+                        if let Some((_, n)) = chars.next() {
+                            out.push(n)
+                        }
+                    }
+                    '"' => {
+                        end = i + 1;
+                        break;
+                    }
+                    c => out.push(c),
+                }
+            }
+            (out, &q[end.min(q.len())..])
+        } else {
+            let end = v.find(',').unwrap_or(v.len());
+            (v[..end].trim().to_string(), &v[end..])
+        };
+        params.push((k, val));
+        s = next.trim_start().trim_start_matches(',').trim_start();
+    }
+    (scheme.to_ascii_lowercase(), params)
+}
+
+impl RegistryClient {
+    /// Finds how to talk to the registry of `r` (HTTPS, or HTTP if allowed) and pings `/v2/`.
+    pub async fn connect(r: &Reference, opts: &RegistryOptions) -> Result<RegistryClient> {
+        let host = r.api_host().to_string();
+        let insecure = is_insecure(&r.domain, &opts.insecure_registries);
+        let mut attempts = vec![(format!("https://{host}"), client(!insecure)?)];
+        if insecure {
+            attempts.push((format!("http://{host}"), client(true)?));
+        }
+        let mut last = String::new();
+        for (base, http) in attempts {
+            match http.get(format!("{base}/v2/")).send().await {
+                Ok(_) => {
+                    return Ok(RegistryClient {
+                        http,
+                        base,
+                        registry: r.domain.clone(),
+                        repository: r.repository.clone(),
+                        familiar: r.familiar_repository(),
+                        creds: opts.credentials.clone(),
+                        auth: Mutex::new(Auth::None),
+                    })
+                }
+                Err(e) => last = format!("{base}/v2/: {}", err_chain(&e)),
+            }
+        }
+        let hint = if insecure {
+            ""
+        } else {
+            "; if it serves plain HTTP or a self-signed certificate, list it in insecure registries"
+        };
+        Err(ImageError::registry(
+            &r.domain,
+            format!("cannot reach registry: {last}{hint}"),
+        ))
+    }
+
+    fn url(&self, kind: &str, reference: &str) -> String {
+        format!("{}/v2/{}/{kind}/{reference}", self.base, self.repository)
+    }
+
+    async fn authorize(&self, resp: &Response) -> Result<()> {
+        let challenge = resp
+            .headers()
+            .get_all(WWW_AUTHENTICATE)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .map(parse_challenge)
+            .find(|(s, _)| s == "bearer" || s == "basic");
+        let Some((scheme, params)) = challenge else {
+            return Err(self.denied());
+        };
+        if scheme == "basic" {
+            if self.creds.is_none() {
+                return Err(self.denied());
+            }
+            *self.auth.lock().await = Auth::Basic;
+            return Ok(());
+        }
+        let get = |k: &str| params.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
+        let realm = get("realm").ok_or_else(|| {
+            ImageError::registry(&self.registry, "Bearer challenge without a realm")
+        })?;
+        let mut query: Vec<(&str, String)> = Vec::new();
+        if let Some(s) = get("service") {
+            query.push(("service", s));
+        }
+        query.push((
+            "scope",
+            get("scope").unwrap_or_else(|| format!("repository:{}:pull", self.repository)),
+        ));
+        let mut req = self.http.get(&realm).query(&query);
+        if let Some((u, p)) = &self.creds {
+            req = req.basic_auth(u, Some(p));
+        }
+        let resp = req.send().await.map_err(|e| {
+            ImageError::registry(
+                &self.registry,
+                format!("token request to {realm}: {}", err_chain(&e)),
+            )
+        })?;
+        if resp.status() == StatusCode::UNAUTHORIZED || resp.status() == StatusCode::FORBIDDEN {
+            return Err(self.denied());
+        }
+        if !resp.status().is_success() {
+            return Err(ImageError::registry(
+                &self.registry,
+                format!("token request to {realm}: HTTP {}", resp.status()),
+            ));
+        }
+        #[derive(serde::Deserialize)]
+        struct Token {
+            token: Option<String>,
+            access_token: Option<String>,
+        }
+        let t: Token = resp.json().await.map_err(|e| {
+            ImageError::registry(
+                &self.registry,
+                format!("bad token response from {realm}: {e}"),
+            )
+        })?;
+        let token = t.token.or(t.access_token).ok_or_else(|| {
+            ImageError::registry(
+                &self.registry,
+                format!("token response from {realm} holds no token"),
+            )
+        })?;
+        *self.auth.lock().await = Auth::Bearer(token);
+        Ok(())
+    }
+
+    fn denied(&self) -> ImageError {
+        if self.creds.is_some() {
+            ImageError::Unauthorized(format!(
+                "unauthorized: authentication to {} failed for {}: incorrect username or password, or no pull access",
+                self.registry, self.familiar
+            ))
+        } else {
+            ImageError::Unauthorized(format!(
+                "pull access denied for {}, repository does not exist or may require 'docker login'",
+                self.familiar
+            ))
+        }
+    }
+
+    /// GET with auth: on 401, answer the challenge once and retry.
+    async fn get(&self, url: &str, accept: Option<&str>) -> Result<Response> {
+        for attempt in 0..2 {
+            let mut headers = HeaderMap::new();
+            if let Some(a) = accept {
+                headers.insert(ACCEPT, a.parse().expect("static header"));
+            }
+            let mut req = self.http.get(url).headers(headers);
+            match &*self.auth.lock().await {
+                Auth::None => {}
+                Auth::Basic => {
+                    if let Some((u, p)) = &self.creds {
+                        req = req.basic_auth(u, Some(p));
+                    }
+                }
+                Auth::Bearer(t) => req = req.header(AUTHORIZATION, format!("Bearer {t}")),
+            }
+            let resp = req.send().await.map_err(|e| {
+                ImageError::registry(&self.registry, format!("GET {url}: {}", err_chain(&e)))
+            })?;
+            if resp.status() == StatusCode::UNAUTHORIZED && attempt == 0 {
+                self.authorize(&resp).await?;
+                continue;
+            }
+            if resp.status() == StatusCode::UNAUTHORIZED || resp.status() == StatusCode::FORBIDDEN {
+                return Err(self.denied());
+            }
+            return Ok(resp);
+        }
+        Err(self.denied())
+    }
+
+    /// Fetches a manifest or index by tag or digest. Checks the body against the digest asked
+    /// for, or against the registry's `Docker-Content-Digest` when fetched by tag.
+    pub async fn manifest(&self, reference: &str) -> Result<FetchedManifest> {
+        let url = self.url("manifests", reference);
+        let resp = self.get(&url, Some(&manifest_accept())).await?;
+        let status = resp.status();
+        if status == StatusCode::NOT_FOUND {
+            return Err(ImageError::ManifestUnknown(
+                format!("{}:{reference}", self.familiar).replace(":sha256:", "@sha256:"),
+            ));
+        }
+        if !status.is_success() {
+            let body = resp.text().await.unwrap_or_default();
+            return Err(ImageError::registry(
+                &self.registry,
+                format!("GET {url}: HTTP {status}: {}", body.trim()),
+            ));
+        }
+        let content_type = resp
+            .headers()
+            .get(CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
+        let header_digest = resp
+            .headers()
+            .get("docker-content-digest")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| Digest::parse(v).ok());
+        let mut body = Vec::new();
+        let mut stream = resp.bytes_stream();
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk.map_err(|e| {
+                ImageError::registry(&self.registry, format!("reading {url}: {}", err_chain(&e)))
+            })?;
+            body.extend_from_slice(&chunk);
+            if body.len() > MAX_MANIFEST {
+                return Err(ImageError::Invalid(format!(
+                    "manifest {url} is larger than {MAX_MANIFEST} bytes"
+                )));
+            }
+        }
+        let digest = Digest::of(&body);
+        let what = format!("manifest {}@{reference}", self.familiar);
+        if let Ok(asked) = Digest::parse(reference) {
+            asked.verify(&what, &digest)?;
+        } else if let Some(h) = header_digest {
+            h.verify(&what, &digest)?;
+        }
+        Ok(FetchedManifest {
+            body,
+            digest,
+            content_type,
+        })
+    }
+
+    /// Streams a blob into `out`, calling `progress(bytes_so_far)`, and verifies size and digest.
+    pub async fn blob(
+        &self,
+        desc: &Descriptor,
+        out: &mut tokio::fs::File,
+        progress: &mut (dyn FnMut(u64) + Send),
+    ) -> Result<()> {
+        use sha2::Digest as _;
+        use tokio::io::AsyncWriteExt;
+        let url = self.url("blobs", desc.digest.as_str());
+        let resp = self.get(&url, None).await?;
+        let status = resp.status();
+        if !status.is_success() {
+            return Err(ImageError::registry(
+                &self.registry,
+                format!("GET blob {}: HTTP {status}", desc.digest),
+            ));
+        }
+        let mut hasher = sha2::Sha256::new();
+        let mut n = 0u64;
+        let mut stream = resp.bytes_stream();
+        let mut last = 0u64;
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk.map_err(|e| {
+                ImageError::registry(
+                    &self.registry,
+                    format!("reading blob {}: {}", desc.digest, err_chain(&e)),
+                )
+            })?;
+            n += chunk.len() as u64;
+            if n > desc.size {
+                return Err(ImageError::DigestMismatch {
+                    what: format!("blob {} size", desc.digest),
+                    expected: desc.size.to_string(),
+                    actual: format!("more than {}", desc.size),
+                });
+            }
+            hasher.update(&chunk);
+            out.write_all(&chunk)
+                .await
+                .map_err(|e| ImageError::io("write blob", "<tmp>", e))?;
+            if n - last >= 512 * 1024 || n == desc.size {
+                last = n;
+                progress(n);
+            }
+        }
+        out.flush()
+            .await
+            .map_err(|e| ImageError::io("write blob", "<tmp>", e))?;
+        if n != desc.size {
+            return Err(ImageError::DigestMismatch {
+                what: format!("blob {} size", desc.digest),
+                expected: desc.size.to_string(),
+                actual: n.to_string(),
+            });
+        }
+        desc.digest.verify(
+            &format!("blob {}", desc.digest),
+            &Digest::from_hasher(hasher),
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn challenges() {
+        let (s, p) = parse_challenge(
+            r#"Bearer realm="https://auth.docker.io/token",service="registry.docker.io",scope="repository:library/busybox:pull,push""#,
+        );
+        assert_eq!(s, "bearer");
+        assert_eq!(
+            p[0],
+            ("realm".into(), "https://auth.docker.io/token".into())
+        );
+        assert_eq!(p[1], ("service".into(), "registry.docker.io".into()));
+        assert_eq!(
+            p[2],
+            (
+                "scope".into(),
+                "repository:library/busybox:pull,push".into()
+            )
+        );
+        let (s, p) = parse_challenge(r#"Basic realm="kic""#);
+        assert_eq!(s, "basic");
+        assert_eq!(p, vec![("realm".into(), "kic".into())]);
+    }
+
+    #[test]
+    fn insecure_rules() {
+        assert!(is_insecure("127.0.0.1:5000", &[]));
+        assert!(is_insecure("localhost:5000", &[]));
+        assert!(!is_insecure("registry.example:5000", &[]));
+        assert!(is_insecure(
+            "registry.example:5000",
+            &["registry.example:5000".into()]
+        ));
+        assert!(is_insecure(
+            "registry.example",
+            &["registry.example".into()]
+        ));
+    }
+}
