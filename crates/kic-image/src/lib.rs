@@ -23,6 +23,7 @@ pub mod digest;
 pub mod disk;
 pub mod error;
 pub mod layout;
+pub mod mkimage;
 pub mod oci;
 pub mod reference;
 pub mod registry;
