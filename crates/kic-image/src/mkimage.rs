@@ -384,13 +384,47 @@ fn unmount_under(dir: &Path) {
     }
 }
 
+/// Rewrites a single-image layout so its layers are plain tar (for registries tests that need
+/// uncompressed layers: skopeo compresses every layer it pushes to a registry, so such layouts
+/// are pushed with a plain Distribution API upload instead).
+pub fn decompress_layout(dir: &Path, tag: &str) -> Result<()> {
+    use crate::spec::{Index, Manifest};
+    let read = |p: PathBuf| fs::read(&p).map_err(|e| ImageError::io("read", &p, e));
+    let blob = |d: &crate::Digest| dir.join("blobs/sha256").join(d.hex());
+    let ix: Index = serde_json::from_slice(&read(dir.join("index.json"))?)
+        .map_err(|e| ImageError::Invalid(format!("index.json: {e}")))?;
+    let top = ix
+        .manifests
+        .first()
+        .ok_or_else(|| ImageError::Invalid("empty layout".into()))?;
+    let m: Manifest = serde_json::from_slice(&read(blob(&top.digest))?)
+        .map_err(|e| ImageError::Invalid(format!("manifest: {e}")))?;
+    let cfg: ImageConfig = serde_json::from_slice(&read(blob(&m.config.digest))?)
+        .map_err(|e| ImageError::Invalid(format!("config: {e}")))?;
+    let lw = LayoutWriter::create(dir)?;
+    let mut layers = vec![];
+    for (l, diff) in m.layers.iter().zip(&cfg.rootfs.diff_ids) {
+        let f = fs::File::open(blob(&l.digest))
+            .map_err(|e| ImageError::io("open", blob(&l.digest), e))?;
+        let mut tar = Vec::new();
+        std::io::Read::read_to_end(&mut crate::disk::decompressed(f)?, &mut tar)
+            .map_err(|e| ImageError::Invalid(format!("layer {}: {e}", l.digest)))?;
+        layers.push((
+            lw.add_blob(crate::spec::MT_OCI_LAYER_TAR, &tar)?,
+            diff.clone(),
+        ));
+    }
+    let md = lw.add_image(&cfg, layers)?;
+    lw.write_index(md, tag)
+}
+
 /// Layer compression for [`push`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PushCompression {
     /// Keep the layout's gzip layers.
     Keep,
+    /// Recompress layers with zstd.
     Zstd,
-    Uncompressed,
 }
 
 /// Copies the layout at `dir` (all manifests) to `docker://dest` with skopeo.
@@ -414,9 +448,6 @@ pub fn push(
         PushCompression::Keep => {}
         PushCompression::Zstd => {
             c.args(["--dest-compress", "--dest-compress-format", "zstd"]);
-        }
-        PushCompression::Uncompressed => {
-            c.arg("--dest-decompress");
         }
     }
     c.arg(format!("oci:{}:{tag}", dir.display()));

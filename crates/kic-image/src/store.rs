@@ -450,11 +450,10 @@ impl ImageStore {
                 });
             }
         } else {
-            let downloads = resolved
-                .manifest
-                .layers
-                .iter()
-                .map(|l| self.download_layer(&client, l, progress));
+            let mut downloads = Vec::new();
+            for l in &resolved.manifest.layers {
+                downloads.push(self.download_layer(&client, l, progress));
+            }
             let results: Vec<Result<()>> =
                 futures::stream::iter(downloads).buffered(3).collect().await;
             results.into_iter().collect::<Result<Vec<()>>>()?;

@@ -49,7 +49,6 @@ enum Cmd {
 enum Compress {
     Gzip,
     Zstd,
-    None,
 }
 
 #[derive(Args)]
@@ -103,7 +102,6 @@ fn main() -> anyhow::Result<()> {
         let c = match common.compress {
             Compress::Gzip => PushCompression::Keep,
             Compress::Zstd => PushCompression::Zstd,
-            Compress::None => PushCompression::Uncompressed,
         };
         mkimage::push(
             &common.out,
