@@ -142,14 +142,15 @@ fn layer_refs(m: &Manifest, c: &ImageConfig) -> Result<Vec<LayerRef>> {
 
 fn check_layer_media(d: &Descriptor) -> Result<()> {
     let mt = d.media_type.as_str();
+    // Foreign and non-distributable layers are still tars; the registry must serve them.
     let ok = mt.is_empty()
         || mt.starts_with("application/vnd.oci.image.layer.")
         || mt.starts_with("application/vnd.docker.image.rootfs.");
-    if ok && !mt.contains("nondistributable") && !mt.contains("foreign") || mt.is_empty() {
+    if ok {
         Ok(())
     } else {
         Err(ImageError::Invalid(format!(
-            "layer {} has media type {mt:?}, which KIC cannot apply",
+            "layer {} has media type {mt:?}, which is not a filesystem layer KIC can apply",
             d.digest
         )))
     }
@@ -162,10 +163,37 @@ impl ImageStore {
         for d in layout.dirs() {
             fs::create_dir_all(&d).map_err(|e| ImageError::io("create directory", &d, e))?;
         }
-        Ok(ImageStore {
+        let store = ImageStore {
             content: ContentStore::new(layout.clone()),
             layout,
-        })
+        };
+        store.clean_stale_tmp();
+        Ok(store)
+    }
+
+    /// Deletes leftovers of crashed operations in `tmp/` (older than a day, so another process
+    /// working on the same datastore is never disturbed).
+    fn clean_stale_tmp(&self) {
+        let Ok(rd) = fs::read_dir(self.layout.tmp_dir()) else {
+            return;
+        };
+        let day = std::time::Duration::from_secs(24 * 3600);
+        for e in rd.flatten() {
+            let old = e
+                .metadata()
+                .and_then(|m| m.modified())
+                .ok()
+                .and_then(|t| t.elapsed().ok())
+                .is_some_and(|age| age > day);
+            if old {
+                let p = e.path();
+                let _ = if p.is_dir() && !p.is_symlink() {
+                    fs::remove_dir_all(&p)
+                } else {
+                    fs::remove_file(&p)
+                };
+            }
+        }
     }
 
     /// The typed paths of this store.
@@ -459,8 +487,7 @@ impl ImageStore {
             results.into_iter().collect::<Result<Vec<()>>>()?;
         }
         let top = resolved.top.clone();
-        let rec = self
-            .materialise(resolved, opts.disk_size_bytes, progress, already)
+        self.materialise(resolved, opts.disk_size_bytes, progress, already)
             .await?;
         let _l = self.lock()?;
         let mut repos = self.repos()?;
@@ -474,7 +501,6 @@ impl ImageStore {
         let m = self
             .meta(&id)?
             .ok_or_else(|| ImageError::NotFound(id.to_string()))?;
-        let _ = rec;
         Ok(self.record(&m, &repos))
     }
 
@@ -665,7 +691,6 @@ impl ImageStore {
             .await
             .map_err(|e| ImageError::Invalid(format!("layout reader panicked: {e}")))??;
         let id = resolved.manifest.config.digest.clone();
-        let top = resolved.top.clone();
         self.materialise(resolved, disk_size, &|_| {}, false)
             .await?;
         let _l = self.lock()?;
@@ -677,7 +702,6 @@ impl ImageStore {
             }
         }
         self.save_repos(&repos)?;
-        let _ = top;
         let m = self
             .meta(&id)?
             .ok_or_else(|| ImageError::NotFound(id.to_string()))?;

@@ -114,9 +114,10 @@ fn read_meta<R: Read>(entry: &mut tar::Entry<'_, R>, name: &str) -> Result<Meta>
     let bad = |e: io::Error| ImageError::Invalid(format!("bad tar header for {name:?}: {e}"));
     let mut m = Meta {
         mode: h.mode().map_err(bad)? & 0o7777,
-        uid: h.uid().map_err(bad)? as u32,
-        gid: h.gid().map_err(bad)? as u32,
-        mtime: h.mtime().map_err(bad)? as i64,
+        // Empty numeric fields (seen in hand-made tars) mean 0, as in Go's archive/tar.
+        uid: h.uid().unwrap_or(0) as u32,
+        gid: h.gid().unwrap_or(0) as u32,
+        mtime: h.mtime().unwrap_or(0) as i64,
         xattrs: Vec::new(),
     };
     if let Some(exts) = entry.pax_extensions().map_err(bad)? {
