@@ -1,0 +1,122 @@
+//! The HTTP(S) server: router assembly, background tasks, plain or TLS listening.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use axum::extract::ConnectInfo;
+use axum::routing::get;
+use axum::Router;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::service::TowerToHyperService;
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use tokio::net::TcpListener;
+use tokio_rustls::rustls;
+use tower::ServiceExt;
+
+use crate::state::St;
+
+/// The whole router.
+pub fn router(st: St) -> Router {
+    let v2 = Router::new()
+        .route("/v2/", get(crate::oci::base))
+        .route("/v2", get(crate::oci::base))
+        .route("/v2/_catalog", get(crate::oci::catalog))
+        .route("/v2/{*rest}", axum::routing::any(crate::oci::dispatch))
+        .layer(axum::middleware::map_response(
+            crate::oci::api_version_header,
+        ));
+    Router::new()
+        .merge(v2)
+        .route(
+            "/service/token",
+            get(crate::token::get_token).post(crate::token::post_token),
+        )
+        .nest("/api/v2.0", crate::api::router())
+        .with_state(st)
+}
+
+/// Starts periodic work: pull counters and scheduled GC.
+pub fn spawn_background(st: St) {
+    let s = st.clone();
+    tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(Duration::from_secs(5)).await;
+            s.flush_pulls().await;
+        }
+    });
+    if st.config.gc_interval_secs > 0 {
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_secs(st.config.gc_interval_secs)).await;
+                if let Err(e) = crate::gc::run(&st).await {
+                    tracing::error!("scheduled gc failed: {e}");
+                }
+            }
+        });
+    }
+}
+
+fn tls_config(st: &St) -> anyhow::Result<Arc<rustls::ServerConfig>> {
+    let cert = st.config.tls_cert.as_ref().context("no certificate")?;
+    let key = st
+        .config
+        .tls_key
+        .as_ref()
+        .context("--tls-key is required with --tls-cert")?;
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
+        .with_context(|| format!("reading {}", cert.display()))?
+        .collect::<Result<_, _>>()
+        .with_context(|| format!("parsing {}", cert.display()))?;
+    let key = PrivateKeyDer::from_pem_file(key)
+        .with_context(|| format!("reading key {}", key.display()))?;
+    let mut cfg = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()?
+    .with_no_client_auth()
+    .with_single_cert(certs, key)?;
+    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(Arc::new(cfg))
+}
+
+/// Serves on an already bound listener until the process ends.
+pub async fn serve(st: St, listener: TcpListener) -> anyhow::Result<()> {
+    spawn_background(st.clone());
+    let app = router(st.clone());
+    if !st.config.tls() {
+        axum::serve(
+            listener,
+            app.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .await?;
+        return Ok(());
+    }
+    let acceptor = tokio_rustls::TlsAcceptor::from(tls_config(&st)?);
+    loop {
+        let (tcp, peer) = match listener.accept().await {
+            Ok(x) => x,
+            Err(e) => {
+                tracing::warn!("accept: {e}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let acceptor = acceptor.clone();
+        let app = app.clone();
+        tokio::spawn(async move {
+            let Ok(tls) = acceptor.accept(tcp).await else {
+                return;
+            };
+            let svc = app.map_request(move |mut r: axum::http::Request<hyper::body::Incoming>| {
+                r.extensions_mut().insert(ConnectInfo(peer));
+                r.map(axum::body::Body::new)
+            });
+            let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                .serve_connection(TokioIo::new(tls), TowerToHyperService::new(svc))
+                .await;
+        });
+    }
+}
