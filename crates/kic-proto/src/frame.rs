@@ -11,7 +11,10 @@ pub const MAX_FRAME: usize = 16 << 20;
 pub async fn write<W: AsyncWrite + Unpin, T: Serialize>(w: &mut W, msg: &T) -> io::Result<()> {
     let body = serde_json::to_vec(msg).map_err(io::Error::other)?;
     if body.len() > MAX_FRAME {
-        return Err(io::Error::new(io::ErrorKind::InvalidInput, "frame too large"));
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "frame too large",
+        ));
     }
     let mut buf = Vec::with_capacity(4 + body.len());
     buf.extend_from_slice(&(body.len() as u32).to_be_bytes());
@@ -30,7 +33,10 @@ pub async fn read<R: AsyncRead + Unpin, T: DeserializeOwned>(r: &mut R) -> io::R
     }
     let len = u32::from_be_bytes(len) as usize;
     if len > MAX_FRAME {
-        return Err(io::Error::new(io::ErrorKind::InvalidData, format!("frame of {len} bytes is over the limit")));
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("frame of {len} bytes is over the limit"),
+        ));
     }
     let mut body = vec![0u8; len];
     r.read_exact(&mut body).await?;
@@ -41,7 +47,9 @@ pub async fn read<R: AsyncRead + Unpin, T: DeserializeOwned>(r: &mut R) -> io::R
 
 /// Read one frame that must be there.
 pub async fn read_required<R: AsyncRead + Unpin, T: DeserializeOwned>(r: &mut R) -> io::Result<T> {
-    read(r).await?.ok_or_else(|| io::Error::new(io::ErrorKind::UnexpectedEof, "stream ended before a frame"))
+    read(r)
+        .await?
+        .ok_or_else(|| io::Error::new(io::ErrorKind::UnexpectedEof, "stream ended before a frame"))
 }
 
 #[cfg(test)]

@@ -22,7 +22,11 @@ pub struct Rewind<T> {
 
 impl<T> Rewind<T> {
     pub fn new(prefix: Vec<u8>, inner: T) -> Self {
-        Rewind { prefix, pos: 0, inner }
+        Rewind {
+            prefix,
+            pos: 0,
+            inner,
+        }
     }
     pub fn into_inner(self) -> T {
         self.inner
@@ -30,7 +34,11 @@ impl<T> Rewind<T> {
 }
 
 impl<T: AsyncRead + Unpin> AsyncRead for Rewind<T> {
-    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
         if self.pos < self.prefix.len() {
             let n = buf.remaining().min(self.prefix.len() - self.pos);
             let start = self.pos;
@@ -43,7 +51,11 @@ impl<T: AsyncRead + Unpin> AsyncRead for Rewind<T> {
 }
 
 impl<T: AsyncWrite + Unpin> AsyncWrite for Rewind<T> {
-    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
         Pin::new(&mut self.inner).poll_write(cx, buf)
     }
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -71,7 +83,10 @@ async fn read_more<T: AsyncRead + Unpin>(io: &mut T, buf: &mut Vec<u8>) -> io::R
     let mut chunk = [0u8; 4096];
     let n = io.read(&mut chunk).await?;
     if n == 0 {
-        return Err(io::Error::new(io::ErrorKind::NotConnected, "peer closed the channel during the handshake"));
+        return Err(io::Error::new(
+            io::ErrorKind::NotConnected,
+            "peer closed the channel during the handshake",
+        ));
     }
     buf.extend_from_slice(&chunk[..n]);
     Ok(())
@@ -91,7 +106,9 @@ pub async fn host<T: AsyncRead + AsyncWrite + Unpin>(mut io: T) -> io::Result<Re
     let nonce: String = {
         use rand::Rng;
         let mut rng = rand::thread_rng();
-        (0..NONCE_LEN).map(|_| char::from(b"0123456789abcdef"[rng.gen_range(0..16)])).collect()
+        (0..NONCE_LEN)
+            .map(|_| char::from(b"0123456789abcdef"[rng.gen_range(0..16)]))
+            .collect()
     };
     let mut sync = SYNC.to_vec();
     sync.extend_from_slice(nonce.as_bytes());
@@ -152,7 +169,9 @@ mod tests {
     async fn handshake_discards_stale_bytes_both_ways() {
         let (mut h, mut g) = tokio::io::duplex(1 << 16);
         // Stale bytes from an earlier session in both directions.
-        h.write_all(b"garbage from an old host session").await.unwrap();
+        h.write_all(b"garbage from an old host session")
+            .await
+            .unwrap();
         g.write_all(b"old guest output \x00\x01\x02").await.unwrap();
         let guest = tokio::spawn(async move {
             let mut s = guest(g).await.unwrap();
@@ -174,6 +193,9 @@ mod tests {
         let (h, g) = tokio::io::duplex(1 << 16);
         drop(h);
         let e = guest(g).await.err().unwrap();
-        assert!(matches!(e.kind(), io::ErrorKind::NotConnected | io::ErrorKind::BrokenPipe));
+        assert!(matches!(
+            e.kind(),
+            io::ErrorKind::NotConnected | io::ErrorKind::BrokenPipe
+        ));
     }
 }

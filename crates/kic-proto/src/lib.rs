@@ -22,10 +22,11 @@
 //! * [`StreamHeader::Events`]: the guest pushes [`Event`]s (first a snapshot of every process);
 //! * [`StreamHeader::Stdin`]: raw bytes for a process's stdin. A stream ending is *not* end of
 //!   input (it may be a lost connection): the host sends [`Request::CloseStdin`] explicitly;
-//! * [`StreamHeader::Output`]: the guest answers with [`OutputStart`] and then sends raw output
-//!   bytes from that offset; the host writes back big-endian `u64` acknowledged offsets, and the
-//!   guest frees buffered output only when it is acknowledged. The guest closes the stream when
-//!   the process's output has ended and everything was sent.
+//! * [`StreamHeader::Output`]: the guest answers with [`OutputStart`] and then sends the output
+//!   from that offset as chunks, each a big-endian `u32` length and that many bytes; an empty
+//!   chunk means the output is complete (a stream that just ends is a lost connection). The host
+//!   writes back big-endian `u64` acknowledged offsets, and the guest frees buffered output only
+//!   when it is acknowledged.
 //!
 //! Back-pressure is end to end: the guest stops reading a process's pipe while its unacknowledged
 //! buffer is full, and yamux's per-stream window stops the host writing stdin faster than the
@@ -106,22 +107,42 @@ pub struct OutputStart {
 #[serde(deny_unknown_fields, rename_all = "snake_case")]
 pub enum Request {
     /// First request of a session: who are you, what runs.
-    Hello { version: u32 },
+    Hello {
+        version: u32,
+    },
     /// Set up the container and start its main process (once per boot).
-    Start { spec: Box<ContainerSpec> },
+    Start {
+        spec: Box<ContainerSpec>,
+    },
     /// Start a further process in the running container.
-    Exec { id: String, spec: ProcessSpec },
-    Signal { id: String, signal: i32 },
-    Resize { id: String, rows: u16, cols: u16 },
+    Exec {
+        id: String,
+        spec: ProcessSpec,
+    },
+    Signal {
+        id: String,
+        signal: i32,
+    },
+    Resize {
+        id: String,
+        rows: u16,
+        cols: u16,
+    },
     /// End of input for a process's stdin.
-    CloseStdin { id: String },
+    CloseStdin {
+        id: String,
+    },
     /// The host has stored this exit; the guest may forget the process. For the main process
     /// this also syncs the disks and powers the VM off.
-    AckExit { id: String },
+    AckExit {
+        id: String,
+    },
     /// List the processes and their state.
     State,
     /// Read a file from the container's filesystem (small files: `/etc/passwd` and friends).
-    ReadFile { path: String },
+    ReadFile {
+        path: String,
+    },
     /// Process list as `ps -ef` would show it (for `docker top`).
     Top,
 }
@@ -129,15 +150,32 @@ pub enum Request {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "snake_case")]
 pub enum Response {
-    Hello { version: u32, boot_id: String, started: bool, processes: Vec<ProcessState> },
+    Hello {
+        version: u32,
+        boot_id: String,
+        started: bool,
+        processes: Vec<ProcessState>,
+    },
     Ok,
-    Started { pid: i32 },
-    State { processes: Vec<ProcessState> },
-    File { data: Vec<u8> },
-    Top { titles: Vec<String>, processes: Vec<Vec<String>> },
+    Started {
+        pid: i32,
+    },
+    State {
+        processes: Vec<ProcessState>,
+    },
+    File {
+        data: Vec<u8>,
+    },
+    Top {
+        titles: Vec<String>,
+        processes: Vec<Vec<String>>,
+    },
     /// The request failed. `exit_code` is set when a process could not be started and carries
     /// the code a shell would report (126 not executable, 127 not found).
-    Error { message: String, exit_code: Option<i32> },
+    Error {
+        message: String,
+        exit_code: Option<i32>,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -154,9 +192,17 @@ pub struct ProcessState {
 #[serde(deny_unknown_fields, rename_all = "snake_case")]
 pub enum Event {
     /// Sent first on every events stream: every process the guest still knows.
-    Snapshot { processes: Vec<ProcessState> },
-    Started { id: String, pid: i32 },
-    Exited { id: String, exit_code: i32 },
+    Snapshot {
+        processes: Vec<ProcessState>,
+    },
+    Started {
+        id: String,
+        pid: i32,
+    },
+    Exited {
+        id: String,
+        exit_code: i32,
+    },
 }
 
 /// Output stream numbers, as in Docker's multiplexed stream format.
@@ -171,7 +217,11 @@ mod tests {
     fn requests_round_trip_and_reject_unknown_fields() {
         let r = Request::Exec {
             id: "e1".into(),
-            spec: ProcessSpec { args: vec!["sh".into()], tty: true, ..Default::default() },
+            spec: ProcessSpec {
+                args: vec!["sh".into()],
+                tty: true,
+                ..Default::default()
+            },
         };
         let s = serde_json::to_string(&r).unwrap();
         assert_eq!(serde_json::from_str::<Request>(&s).unwrap(), r);

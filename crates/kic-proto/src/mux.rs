@@ -50,7 +50,11 @@ fn config() -> yamux::Config {
 pub fn start<T>(
     io: T,
     mode: Mode,
-) -> (Opener, mpsc::UnboundedReceiver<MuxStream>, impl std::future::Future<Output = io::Result<()>>)
+) -> (
+    Opener,
+    mpsc::UnboundedReceiver<MuxStream>,
+    impl std::future::Future<Output = io::Result<()>>,
+)
 where
     T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -60,34 +64,32 @@ where
     let driver = async move {
         let mut pending: Option<OpenReply> = None;
         let mut openers_gone = false;
-        poll_fn(move |cx| {
-            loop {
-                let mut progressed = false;
-                if pending.is_none() && !openers_gone {
-                    match open_rx.poll_recv(cx) {
-                        Poll::Ready(Some(tx)) => pending = Some(tx),
-                        Poll::Ready(None) => openers_gone = true,
-                        Poll::Pending => {}
-                    }
-                }
-                if pending.is_some() {
-                    if let Poll::Ready(r) = conn.poll_new_outbound(cx) {
-                        let _ = pending.take().expect("pending").send(r);
-                        progressed = true;
-                    }
-                }
-                match conn.poll_next_inbound(cx) {
-                    Poll::Ready(Some(Ok(s))) => {
-                        let _ = in_tx.send(s.compat());
-                        progressed = true;
-                    }
-                    Poll::Ready(Some(Err(e))) => return Poll::Ready(Err(io::Error::other(e))),
-                    Poll::Ready(None) => return Poll::Ready(Ok(())),
+        poll_fn(move |cx| loop {
+            let mut progressed = false;
+            if pending.is_none() && !openers_gone {
+                match open_rx.poll_recv(cx) {
+                    Poll::Ready(Some(tx)) => pending = Some(tx),
+                    Poll::Ready(None) => openers_gone = true,
                     Poll::Pending => {}
                 }
-                if !progressed {
-                    return Poll::Pending;
+            }
+            if pending.is_some() {
+                if let Poll::Ready(r) = conn.poll_new_outbound(cx) {
+                    let _ = pending.take().expect("pending").send(r);
+                    progressed = true;
                 }
+            }
+            match conn.poll_next_inbound(cx) {
+                Poll::Ready(Some(Ok(s))) => {
+                    let _ = in_tx.send(s.compat());
+                    progressed = true;
+                }
+                Poll::Ready(Some(Err(e))) => return Poll::Ready(Err(io::Error::other(e))),
+                Poll::Ready(None) => return Poll::Ready(Ok(())),
+                Poll::Pending => {}
+            }
+            if !progressed {
+                return Poll::Pending;
             }
         })
         .await

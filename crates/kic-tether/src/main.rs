@@ -59,9 +59,16 @@ fn main() {
     }
     let port = sys::find_port(kic_proto::CHANNEL_NAME).unwrap_or_else(|e| fatal(&e));
     let port = open_port(&port).unwrap_or_else(|e| fatal(&format!("open {}: {e}", port.display())));
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap_or_else(|e| fatal(&e.to_string()));
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap_or_else(|e| fatal(&e.to_string()));
     rt.block_on(async move {
-        let t = Arc::new(session::Tether { table: procs::Table::new(), started: Mutex::new(false), boot_id: boot_id() });
+        let t = Arc::new(session::Tether {
+            table: procs::Table::new(),
+            started: Mutex::new(false),
+            boot_id: boot_id(),
+        });
         let mut sigchld = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::child())
             .unwrap_or_else(|e| fatal(&format!("SIGCHLD handler: {e}")));
         let reaper = t.clone();

@@ -97,7 +97,8 @@ impl OutputBuf {
 
     /// Wait until a reader at `pos` has something (data or end).
     pub async fn wait_data(&self, pos: u64) {
-        self.wait_for(|st| st.eof || st.base + st.data.len() as u64 > pos).await
+        self.wait_for(|st| st.eof || st.base + st.data.len() as u64 > pos)
+            .await
     }
 
     async fn wait_room(&self) {
@@ -118,7 +119,11 @@ fn read_fd(fd: &OwnedFd, buf: &mut [u8]) -> std::io::Result<usize> {
 /// Copy a pipe or terminal into `out` until it ends. Once `exited` turns true the stream ends as
 /// soon as nothing more is immediately readable (children that kept the pipe open do not hold up
 /// the exit). A terminal's `EIO` (no more slaves) is its end.
-pub async fn pump(fd: Arc<AsyncFd<OwnedFd>>, out: Arc<OutputBuf>, mut exited: watch::Receiver<bool>) {
+pub async fn pump(
+    fd: Arc<AsyncFd<OwnedFd>>,
+    out: Arc<OutputBuf>,
+    mut exited: watch::Receiver<bool>,
+) {
     let mut chunk = vec![0u8; CHUNK];
     loop {
         out.wait_room().await;
@@ -169,7 +174,9 @@ mod tests {
         b.ack(6);
         assert_eq!(b.start_at(0), 6);
         match b.read_from(0) {
-            Chunk::Data { offset, bytes } => assert_eq!((offset, bytes.as_slice()), (6, &b"world"[..])),
+            Chunk::Data { offset, bytes } => {
+                assert_eq!((offset, bytes.as_slice()), (6, &b"world"[..]))
+            }
             _ => panic!("expected data"),
         }
         assert!(matches!(b.read_from(11), Chunk::Wait));

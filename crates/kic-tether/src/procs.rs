@@ -67,7 +67,10 @@ pub struct Proc {
 
 impl Proc {
     pub fn output(&self, fd: u8) -> Option<Arc<OutputBuf>> {
-        self.outputs.iter().find(|(n, _)| *n == fd).map(|(_, b)| b.clone())
+        self.outputs
+            .iter()
+            .find(|(n, _)| *n == fd)
+            .map(|(_, b)| b.clone())
     }
 }
 
@@ -85,11 +88,15 @@ pub struct SpawnError {
 }
 
 fn spawn_err(message: impl Into<String>, exit_code: i32) -> SpawnError {
-    SpawnError { message: message.into(), exit_code }
+    SpawnError {
+        message: message.into(),
+        exit_code,
+    }
 }
 
 fn env_get<'a>(env: &'a [String], key: &str) -> Option<&'a str> {
-    env.iter().find_map(|kv| kv.strip_prefix(key).and_then(|r| r.strip_prefix('=')))
+    env.iter()
+        .find_map(|kv| kv.strip_prefix(key).and_then(|r| r.strip_prefix('=')))
 }
 
 fn is_executable(p: &Path) -> Option<bool> {
@@ -103,8 +110,14 @@ fn lookup(prog: &str, env: &[String], cwd: &Path) -> Result<PathBuf, SpawnError>
         let p = cwd.join(prog);
         return match is_executable(&p) {
             Some(true) => Ok(p),
-            Some(false) => Err(spawn_err(format!("exec: \"{prog}\": permission denied"), 126)),
-            None => Err(spawn_err(format!("exec: \"{prog}\": stat {prog}: no such file or directory"), 127)),
+            Some(false) => Err(spawn_err(
+                format!("exec: \"{prog}\": permission denied"),
+                126,
+            )),
+            None => Err(spawn_err(
+                format!("exec: \"{prog}\": stat {prog}: no such file or directory"),
+                127,
+            )),
         };
     }
     let path = env_get(env, "PATH").unwrap_or(DEFAULT_PATH);
@@ -118,9 +131,15 @@ fn lookup(prog: &str, env: &[String], cwd: &Path) -> Result<PathBuf, SpawnError>
         }
     }
     if denied {
-        return Err(spawn_err(format!("exec: \"{prog}\": permission denied"), 126));
+        return Err(spawn_err(
+            format!("exec: \"{prog}\": permission denied"),
+            126,
+        ));
     }
-    Err(spawn_err(format!("exec: \"{prog}\": executable file not found in $PATH"), 127))
+    Err(spawn_err(
+        format!("exec: \"{prog}\": executable file not found in $PATH"),
+        127,
+    ))
 }
 
 fn pipe() -> std::io::Result<(OwnedFd, OwnedFd)> {
@@ -139,21 +158,34 @@ pub fn nonblocking(fd: OwnedFd) -> std::io::Result<AsyncFd<OwnedFd>> {
 }
 
 pub fn set_winsize(fd: &impl AsRawFd, rows: u16, cols: u16) {
-    let ws = libc::winsize { ws_row: rows, ws_col: cols, ws_xpixel: 0, ws_ypixel: 0 };
+    let ws = libc::winsize {
+        ws_row: rows,
+        ws_col: cols,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
     // SAFETY: TIOCSWINSZ reads a winsize from a valid pointer.
     unsafe { libc::ioctl(fd.as_raw_fd(), libc::TIOCSWINSZ, &ws) };
 }
 
 impl Table {
     pub fn new() -> Table {
-        Table { procs: Mutex::new(HashMap::new()), events: broadcast::channel(1024).0 }
+        Table {
+            procs: Mutex::new(HashMap::new()),
+            events: broadcast::channel(1024).0,
+        }
     }
 
     pub fn states(&self) -> Vec<ProcessState> {
         let procs = self.procs.lock().expect("proc lock");
         let mut v: Vec<ProcessState> = procs
             .iter()
-            .map(|(id, p)| ProcessState { id: id.clone(), pid: p.pid, exit_code: p.exit, tty: p.tty })
+            .map(|(id, p)| ProcessState {
+                id: id.clone(),
+                pid: p.pid,
+                exit_code: p.exit,
+                tty: p.tty,
+            })
             .collect();
         v.sort_by(|a, b| a.id.cmp(&b.id));
         v
@@ -177,14 +209,22 @@ impl Table {
         if spec.tty && env_get(&env, "TERM").is_none() {
             env.push("TERM=xterm".into());
         }
-        let cwd = if spec.cwd.is_empty() { "/".to_string() } else { spec.cwd.clone() };
+        let cwd = if spec.cwd.is_empty() {
+            "/".to_string()
+        } else {
+            spec.cwd.clone()
+        };
         if !Path::new(&cwd).is_dir() {
-            std::fs::create_dir_all(&cwd)
-                .map_err(|e| spawn_err(format!("cannot create working directory {cwd}: {e}"), 126))?;
+            std::fs::create_dir_all(&cwd).map_err(|e| {
+                spawn_err(format!("cannot create working directory {cwd}: {e}"), 126)
+            })?;
         }
         let prog = lookup(&spec.args[0], &env, Path::new(&cwd))?;
         let mut cmd = Command::new(&prog);
-        cmd.arg0(&spec.args[0]).args(&spec.args[1..]).env_clear().current_dir(&cwd);
+        cmd.arg0(&spec.args[0])
+            .args(&spec.args[1..])
+            .env_clear()
+            .current_dir(&cwd);
         for kv in &env {
             match kv.split_once('=') {
                 Some((k, v)) => cmd.env(k, v),
@@ -196,7 +236,12 @@ impl Table {
         let mut pumps = Vec::new();
         let (stdin, master);
         if spec.tty {
-            let ws = spec.size.map(|(r, c)| nix::pty::Winsize { ws_row: r, ws_col: c, ws_xpixel: 0, ws_ypixel: 0 });
+            let ws = spec.size.map(|(r, c)| nix::pty::Winsize {
+                ws_row: r,
+                ws_col: c,
+                ws_xpixel: 0,
+                ws_ypixel: 0,
+            });
             let pty = nix::pty::openpty(ws.as_ref(), None).map_err(|e| io_err(e.into()))?;
             // SAFETY: setting FD_CLOEXEC on the master we own; the child gets only the slave.
             unsafe { libc::fcntl(pty.master.as_raw_fd(), libc::F_SETFD, libc::FD_CLOEXEC) };
@@ -259,7 +304,11 @@ impl Table {
             return Err(spawn_err(format!("process {id} exists already"), 126));
         }
         let child = cmd.spawn().map_err(|e| {
-            let code = if e.kind() == std::io::ErrorKind::PermissionDenied { 126 } else { 127 };
+            let code = if e.kind() == std::io::ErrorKind::PermissionDenied {
+                126
+            } else {
+                127
+            };
             spawn_err(format!("exec: \"{}\": {e}", spec.args[0]), code)
         })?;
         let pid = child.id() as i32;
@@ -280,7 +329,10 @@ impl Table {
                 exited: exited_tx,
             },
         );
-        let _ = self.events.send(Event::Started { id: id.to_string(), pid });
+        let _ = self.events.send(Event::Started {
+            id: id.to_string(),
+            pid,
+        });
         Ok(pid)
     }
 
@@ -294,23 +346,34 @@ impl Table {
                 Ok(WaitStatus::StillAlive) | Err(_) => break,
                 Ok(_) => continue,
             };
-            if let Some((id, p)) = procs.iter_mut().find(|(_, p)| p.pid == pid.as_raw() && p.exit.is_none()) {
+            if let Some((id, p)) = procs
+                .iter_mut()
+                .find(|(_, p)| p.pid == pid.as_raw() && p.exit.is_none())
+            {
                 p.exit = Some(code);
                 let _ = p.exited.send(true);
-                let _ = self.events.send(Event::Exited { id: id.clone(), exit_code: code });
+                let _ = self.events.send(Event::Exited {
+                    id: id.clone(),
+                    exit_code: code,
+                });
             }
         }
     }
 
     pub fn signal(&self, id: &str, sig: i32) -> Result<(), String> {
         let procs = self.procs.lock().expect("proc lock");
-        let p = procs.get(id).ok_or_else(|| format!("no such process: {id}"))?;
+        let p = procs
+            .get(id)
+            .ok_or_else(|| format!("no such process: {id}"))?;
         if p.exit.is_some() {
             return Err(format!("process {id} is not running"));
         }
         // SAFETY: plain kill(2).
         if unsafe { libc::kill(p.pid, sig) } < 0 {
-            return Err(format!("cannot signal process {id}: {}", std::io::Error::last_os_error()));
+            return Err(format!(
+                "cannot signal process {id}: {}",
+                std::io::Error::last_os_error()
+            ));
         }
         Ok(())
     }
@@ -325,7 +388,10 @@ mod tests {
         let env = vec!["PATH=/nonexistent-dir".to_string()];
         let e = lookup("nosuchprog", &env, Path::new("/")).unwrap_err();
         assert_eq!(e.exit_code, 127);
-        assert_eq!(e.message, "exec: \"nosuchprog\": executable file not found in $PATH");
+        assert_eq!(
+            e.message,
+            "exec: \"nosuchprog\": executable file not found in $PATH"
+        );
         let ok = lookup("sh", &["PATH=/bin:/usr/bin".into()], Path::new("/")).unwrap();
         assert!(ok.ends_with("sh"));
     }
@@ -335,16 +401,24 @@ mod tests {
         let t = Table::new();
         let mut ev = t.events.subscribe();
         let spec = ProcessSpec {
-            args: vec!["sh".into(), "-c".into(), "echo out; echo err >&2; exit 3".into()],
+            args: vec![
+                "sh".into(),
+                "-c".into(),
+                "echo out; echo err >&2; exit 3".into(),
+            ],
             env: vec!["PATH=/bin:/usr/bin".into()],
             user: String::new(),
             ..Default::default()
         };
         // Runs as the current user when it is not root (identity from the host's own files).
         let me = nix::unistd::getuid().as_raw();
-        let spec = ProcessSpec { user: me.to_string(), ..spec };
+        let spec = ProcessSpec {
+            user: me.to_string(),
+            ..spec
+        };
         t.spawn("p", &spec).unwrap();
-        let mut sig = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::child()).unwrap();
+        let mut sig =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::child()).unwrap();
         let code = loop {
             t.reap();
             if let Ok(Event::Exited { exit_code, .. }) = ev.try_recv() {

@@ -3,7 +3,10 @@
 use crate::output::Chunk;
 use crate::procs::{set_winsize, Stdin, Table};
 use crate::sys;
-use kic_proto::{frame, handshake, mux, Event, OutputStart, Request, Response, StreamHeader, MAIN_ID, PROTOCOL_VERSION};
+use kic_proto::{
+    frame, handshake, mux, Event, OutputStart, Request, Response, StreamHeader, MAIN_ID,
+    PROTOCOL_VERSION,
+};
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::pin::Pin;
@@ -23,13 +26,23 @@ pub struct Tether {
 struct PortIo(AsyncFd<OwnedFd>);
 
 impl AsyncRead for PortIo {
-    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
         loop {
             let mut g = ready!(self.0.poll_read_ready(cx))?;
             let unfilled = buf.initialize_unfilled();
             match g.try_io(|inner| {
                 // SAFETY: `unfilled` is valid writable memory of its length.
-                let n = unsafe { libc::read(inner.as_raw_fd(), unfilled.as_mut_ptr().cast(), unfilled.len()) };
+                let n = unsafe {
+                    libc::read(
+                        inner.as_raw_fd(),
+                        unfilled.as_mut_ptr().cast(),
+                        unfilled.len(),
+                    )
+                };
                 if n < 0 {
                     Err(io::Error::last_os_error())
                 } else {
@@ -48,7 +61,11 @@ impl AsyncRead for PortIo {
 }
 
 impl AsyncWrite for PortIo {
-    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, data: &[u8]) -> Poll<io::Result<usize>> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<io::Result<usize>> {
         loop {
             let mut g = ready!(self.0.poll_write_ready(cx))?;
             match g.try_io(|inner| {
@@ -75,7 +92,11 @@ impl AsyncWrite for PortIo {
 
 /// True while a host has the port open.
 fn host_connected(port: &OwnedFd) -> bool {
-    let mut p = libc::pollfd { fd: port.as_raw_fd(), events: libc::POLLOUT, revents: 0 };
+    let mut p = libc::pollfd {
+        fd: port.as_raw_fd(),
+        events: libc::POLLOUT,
+        revents: 0,
+    };
     // SAFETY: one valid pollfd, no wait.
     let n = unsafe { libc::poll(&mut p, 1, 0) };
     n > 0 && p.revents & libc::POLLOUT != 0 && p.revents & libc::POLLHUP == 0
@@ -111,7 +132,12 @@ pub async fn serve(t: Arc<Tether>, port: OwnedFd) {
             let t = t.clone();
             tokio::spawn(async move {
                 if let Err(e) = handle(t, stream).await {
-                    if !matches!(e.kind(), io::ErrorKind::NotConnected | io::ErrorKind::BrokenPipe | io::ErrorKind::UnexpectedEof) {
+                    if !matches!(
+                        e.kind(),
+                        io::ErrorKind::NotConnected
+                            | io::ErrorKind::BrokenPipe
+                            | io::ErrorKind::UnexpectedEof
+                    ) {
                         eprintln!("kic-tether: stream: {e}");
                     }
                 }
@@ -132,19 +158,37 @@ async fn handle(t: Arc<Tether>, mut st: mux::MuxStream) -> io::Result<()> {
         }
         StreamHeader::Events => {
             let mut rx = t.table.events.subscribe();
-            frame::write(&mut st, &Event::Snapshot { processes: t.table.states() }).await?;
+            frame::write(
+                &mut st,
+                &Event::Snapshot {
+                    processes: t.table.states(),
+                },
+            )
+            .await?;
             loop {
                 match rx.recv().await {
                     Ok(ev) => frame::write(&mut st, &ev).await?,
                     Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
-                        frame::write(&mut st, &Event::Snapshot { processes: t.table.states() }).await?
+                        frame::write(
+                            &mut st,
+                            &Event::Snapshot {
+                                processes: t.table.states(),
+                            },
+                        )
+                        .await?
                     }
                     Err(_) => return Ok(()),
                 }
             }
         }
         StreamHeader::Stdin { id } => {
-            let sink = t.table.procs.lock().expect("proc lock").get(&id).map(|p| p.stdin.clone());
+            let sink = t
+                .table
+                .procs
+                .lock()
+                .expect("proc lock")
+                .get(&id)
+                .map(|p| p.stdin.clone());
             let Some(sink) = sink else { return Ok(()) };
             let mut buf = vec![0u8; 32 << 10];
             loop {
@@ -166,14 +210,30 @@ async fn handle(t: Arc<Tether>, mut st: mux::MuxStream) -> io::Result<()> {
             }
         }
         StreamHeader::Output { id, fd, offset } => {
-            let buf = t.table.procs.lock().expect("proc lock").get(&id).and_then(|p| p.output(fd));
+            let buf = t
+                .table
+                .procs
+                .lock()
+                .expect("proc lock")
+                .get(&id)
+                .and_then(|p| p.output(fd));
             let Some(buf) = buf else {
-                let start = OutputStart { offset, error: Some(format!("no output {fd} for process {id}")) };
+                let start = OutputStart {
+                    offset,
+                    error: Some(format!("no output {fd} for process {id}")),
+                };
                 frame::write(&mut st, &start).await?;
                 return st.shutdown().await;
             };
             let mut pos = buf.start_at(offset);
-            frame::write(&mut st, &OutputStart { offset: pos, error: None }).await?;
+            frame::write(
+                &mut st,
+                &OutputStart {
+                    offset: pos,
+                    error: None,
+                },
+            )
+            .await?;
             let (mut rd, mut wr) = tokio::io::split(st);
             let acks = {
                 let buf = buf.clone();
@@ -186,10 +246,18 @@ async fn handle(t: Arc<Tether>, mut st: mux::MuxStream) -> io::Result<()> {
             loop {
                 match buf.read_from(pos) {
                     Chunk::Data { offset, bytes } => {
-                        wr.write_all(&bytes).await?;
+                        let mut chunk = Vec::with_capacity(4 + bytes.len());
+                        chunk.extend_from_slice(&(bytes.len() as u32).to_be_bytes());
+                        chunk.extend_from_slice(&bytes);
+                        wr.write_all(&chunk).await?;
                         pos = offset + bytes.len() as u64;
                     }
-                    Chunk::Eof => break,
+                    Chunk::Eof => {
+                        // An empty chunk says the output is complete (a bare stream end could be
+                        // a lost connection).
+                        wr.write_all(&0u32.to_be_bytes()).await?;
+                        break;
+                    }
                     Chunk::Wait => buf.wait_data(pos).await,
                 }
             }
@@ -201,7 +269,10 @@ async fn handle(t: Arc<Tether>, mut st: mux::MuxStream) -> io::Result<()> {
 }
 
 fn error(message: impl Into<String>) -> Response {
-    Response::Error { message: message.into(), exit_code: None }
+    Response::Error {
+        message: message.into(),
+        exit_code: None,
+    }
 }
 
 async fn request(t: &Arc<Tether>, req: Request) -> Response {
@@ -226,11 +297,17 @@ async fn request(t: &Arc<Tether>, req: Request) -> Response {
                 *started = true;
             }
             if let Err(e) = sys::enter_container(&spec) {
-                return Response::Error { message: e, exit_code: Some(126) };
+                return Response::Error {
+                    message: e,
+                    exit_code: Some(126),
+                };
             }
             match t.table.spawn(MAIN_ID, &spec.main) {
                 Ok(pid) => Response::Started { pid },
-                Err(e) => Response::Error { message: e.message, exit_code: Some(e.exit_code) },
+                Err(e) => Response::Error {
+                    message: e.message,
+                    exit_code: Some(e.exit_code),
+                },
             }
         }
         Request::Exec { id, spec } => {
@@ -239,7 +316,10 @@ async fn request(t: &Arc<Tether>, req: Request) -> Response {
             }
             match t.table.spawn(&id, &spec) {
                 Ok(pid) => Response::Started { pid },
-                Err(e) => Response::Error { message: e.message, exit_code: Some(e.exit_code) },
+                Err(e) => Response::Error {
+                    message: e.message,
+                    exit_code: Some(e.exit_code),
+                },
             }
         }
         Request::Signal { id, signal } => match t.table.signal(&id, signal) {
@@ -247,7 +327,14 @@ async fn request(t: &Arc<Tether>, req: Request) -> Response {
             Err(e) => error(e),
         },
         Request::Resize { id, rows, cols } => {
-            match t.table.procs.lock().expect("proc lock").get(&id).and_then(|p| p.master.clone()) {
+            match t
+                .table
+                .procs
+                .lock()
+                .expect("proc lock")
+                .get(&id)
+                .and_then(|p| p.master.clone())
+            {
                 Some(m) => {
                     set_winsize(m.get_ref(), rows, cols);
                     Response::Ok
@@ -256,7 +343,13 @@ async fn request(t: &Arc<Tether>, req: Request) -> Response {
             }
         }
         Request::CloseStdin { id } => {
-            let sink = t.table.procs.lock().expect("proc lock").get(&id).map(|p| p.stdin.clone());
+            let sink = t
+                .table
+                .procs
+                .lock()
+                .expect("proc lock")
+                .get(&id)
+                .map(|p| p.stdin.clone());
             if let Some(sink) = sink {
                 let mut g = sink.lock().await;
                 if matches!(g.as_ref(), Some(Stdin::Pipe(_))) {
@@ -280,7 +373,9 @@ async fn request(t: &Arc<Tether>, req: Request) -> Response {
             }
             Response::Ok
         }
-        Request::State => Response::State { processes: t.table.states() },
+        Request::State => Response::State {
+            processes: t.table.states(),
+        },
         Request::ReadFile { path } => match std::fs::read(&path) {
             Ok(data) => Response::File { data },
             Err(e) => error(format!("read {path}: {e}")),

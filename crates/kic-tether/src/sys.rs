@@ -12,9 +12,16 @@ use std::time::{Duration, Instant};
 /// List of modules to load, in order, written by `kic-bootstrap` into the initramfs.
 pub const MODULE_LIST: &str = "/etc/kic/modules";
 
-fn mnt(src: &str, target: &str, fstype: &str, flags: MsFlags, data: Option<&str>) -> Result<(), String> {
+fn mnt(
+    src: &str,
+    target: &str,
+    fstype: &str,
+    flags: MsFlags,
+    data: Option<&str>,
+) -> Result<(), String> {
     fs::create_dir_all(target).map_err(|e| format!("mkdir {target}: {e}"))?;
-    mount(Some(src), target, Some(fstype), flags, data).map_err(|e| format!("mount {fstype} on {target}: {e}"))
+    mount(Some(src), target, Some(fstype), flags, data)
+        .map_err(|e| format!("mount {fstype} on {target}: {e}"))
 }
 
 /// Mounts the tether itself needs right after boot.
@@ -49,7 +56,11 @@ pub fn load_modules() -> Result<usize, String> {
     Ok(n)
 }
 
-fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> Result<T, String> {
+fn wait_for<T>(
+    what: &str,
+    timeout: Duration,
+    mut f: impl FnMut() -> Option<T>,
+) -> Result<T, String> {
     let start = Instant::now();
     loop {
         if let Some(v) = f() {
@@ -64,18 +75,22 @@ fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) 
 
 /// The device node of the virtio-serial port called `name`.
 pub fn find_port(name: &str) -> Result<PathBuf, String> {
-    wait_for(&format!("virtio-serial port {name}"), Duration::from_secs(30), || {
-        for e in fs::read_dir("/sys/class/virtio-ports").ok()?.flatten() {
-            let n = fs::read_to_string(e.path().join("name")).unwrap_or_default();
-            if n.trim() == name {
-                let dev = Path::new("/dev").join(e.file_name());
-                if dev.exists() {
-                    return Some(dev);
+    wait_for(
+        &format!("virtio-serial port {name}"),
+        Duration::from_secs(30),
+        || {
+            for e in fs::read_dir("/sys/class/virtio-ports").ok()?.flatten() {
+                let n = fs::read_to_string(e.path().join("name")).unwrap_or_default();
+                if n.trim() == name {
+                    let dev = Path::new("/dev").join(e.file_name());
+                    if dev.exists() {
+                        return Some(dev);
+                    }
                 }
             }
-        }
-        None
-    })
+            None
+        },
+    )
 }
 
 fn dev_nodes(dev: &str) -> Result<(), String> {
@@ -89,11 +104,21 @@ fn dev_nodes(dev: &str) -> Result<(), String> {
     ];
     for (name, major, minor, mode) in nodes {
         let p = format!("{dev}/{name}");
-        mknod(p.as_str(), SFlag::S_IFCHR, Mode::from_bits_truncate(mode), makedev(major, minor))
-            .map_err(|e| format!("mknod {p}: {e}"))?;
+        mknod(
+            p.as_str(),
+            SFlag::S_IFCHR,
+            Mode::from_bits_truncate(mode),
+            makedev(major, minor),
+        )
+        .map_err(|e| format!("mknod {p}: {e}"))?;
         // mknod honours the umask; make the mode exact.
-        nix::sys::stat::fchmodat(None, p.as_str(), Mode::from_bits_truncate(mode), nix::sys::stat::FchmodatFlags::FollowSymlink)
-            .map_err(|e| format!("chmod {p}: {e}"))?;
+        nix::sys::stat::fchmodat(
+            None,
+            p.as_str(),
+            Mode::from_bits_truncate(mode),
+            nix::sys::stat::FchmodatFlags::FollowSymlink,
+        )
+        .map_err(|e| format!("chmod {p}: {e}"))?;
     }
     for (link, target) in [
         ("fd", "/proc/self/fd"),
@@ -102,7 +127,8 @@ fn dev_nodes(dev: &str) -> Result<(), String> {
         ("stderr", "/proc/self/fd/2"),
         ("ptmx", "pts/ptmx"),
     ] {
-        std::os::unix::fs::symlink(target, format!("{dev}/{link}")).map_err(|e| format!("symlink {dev}/{link}: {e}"))?;
+        std::os::unix::fs::symlink(target, format!("{dev}/{link}"))
+            .map_err(|e| format!("symlink {dev}/{link}: {e}"))?;
     }
     Ok(())
 }
@@ -120,13 +146,28 @@ fn write_file(path: &str, content: &str) -> Result<(), String> {
 pub fn enter_container(spec: &ContainerSpec) -> Result<(), String> {
     let root = "/mnt/root";
     let dev = spec.root_device.as_str();
-    wait_for(&format!("root disk {dev}"), Duration::from_secs(30), || Path::new(dev).exists().then_some(()))?;
-    mnt(dev, root, "ext4", MsFlags::MS_NOATIME, None).map_err(|e| format!("{e} (the container's root disk)"))?;
+    wait_for(&format!("root disk {dev}"), Duration::from_secs(30), || {
+        Path::new(dev).exists().then_some(())
+    })?;
+    mnt(dev, root, "ext4", MsFlags::MS_NOATIME, None)
+        .map_err(|e| format!("{e} (the container's root disk)"))?;
     let nosuid = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
     mnt("proc", &format!("{root}/proc"), "proc", nosuid, None)?;
-    mnt("sysfs", &format!("{root}/sys"), "sysfs", nosuid | MsFlags::MS_RDONLY, None)?;
+    mnt(
+        "sysfs",
+        &format!("{root}/sys"),
+        "sysfs",
+        nosuid | MsFlags::MS_RDONLY,
+        None,
+    )?;
     let d = format!("{root}/dev");
-    mnt("tmpfs", &d, "tmpfs", MsFlags::MS_NOSUID | MsFlags::MS_STRICTATIME, Some("mode=755,size=65536k"))?;
+    mnt(
+        "tmpfs",
+        &d,
+        "tmpfs",
+        MsFlags::MS_NOSUID | MsFlags::MS_STRICTATIME,
+        Some("mode=755,size=65536k"),
+    )?;
     dev_nodes(&d)?;
     mnt(
         "devpts",
@@ -135,10 +176,17 @@ pub fn enter_container(spec: &ContainerSpec) -> Result<(), String> {
         MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC,
         Some("newinstance,ptmxmode=0666,mode=0620,gid=5"),
     )?;
-    mnt("shm", &format!("{d}/shm"), "tmpfs", nosuid, Some("mode=1777,size=65536k"))?;
+    mnt(
+        "shm",
+        &format!("{d}/shm"),
+        "tmpfs",
+        nosuid,
+        Some("mode=1777,size=65536k"),
+    )?;
     // The switch_root dance: the initramfs cannot be pivoted away, so move the new root over it.
     std::env::set_current_dir(root).map_err(|e| format!("chdir {root}: {e}"))?;
-    mount(Some("."), "/", None::<&str>, MsFlags::MS_MOVE, None::<&str>).map_err(|e| format!("move root: {e}"))?;
+    mount(Some("."), "/", None::<&str>, MsFlags::MS_MOVE, None::<&str>)
+        .map_err(|e| format!("move root: {e}"))?;
     nix::unistd::chroot(".").map_err(|e| format!("chroot: {e}"))?;
     std::env::set_current_dir("/").map_err(|e| format!("chdir /: {e}"))?;
     if !spec.hostname.is_empty() {

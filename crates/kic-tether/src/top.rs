@@ -26,10 +26,16 @@ fn clock_ticks() -> u64 {
 
 /// One row per process except the tether itself and kernel threads.
 pub fn top() -> Response {
-    let titles = ["UID", "PID", "PPID", "C", "STIME", "TTY", "TIME", "CMD"].map(String::from).to_vec();
+    let titles = ["UID", "PID", "PPID", "C", "STIME", "TTY", "TIME", "CMD"]
+        .map(String::from)
+        .to_vec();
     let mut rows = Vec::new();
     let mut pids: Vec<i32> = fs::read_dir("/proc")
-        .map(|d| d.flatten().filter_map(|e| e.file_name().to_str()?.parse().ok()).collect())
+        .map(|d| {
+            d.flatten()
+                .filter_map(|e| e.file_name().to_str()?.parse().ok())
+                .collect()
+        })
         .unwrap_or_default();
     pids.sort();
     let hz = clock_ticks();
@@ -38,7 +44,9 @@ pub fn top() -> Response {
         if cmdline.is_empty() {
             continue; // kernel thread
         }
-        let cmd = String::from_utf8_lossy(&cmdline).trim_end_matches('\0').replace('\0', " ");
+        let cmd = String::from_utf8_lossy(&cmdline)
+            .trim_end_matches('\0')
+            .replace('\0', " ");
         let stat = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
         // Fields after the parenthesised command name.
         let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
@@ -48,11 +56,21 @@ pub fn top() -> Response {
         let utime: u64 = f.get(11).and_then(|s| s.parse().ok()).unwrap_or(0);
         let stime: u64 = f.get(12).and_then(|s| s.parse().ok()).unwrap_or(0);
         let secs = (utime + stime) / hz;
-        let tty = if tty_nr == 0 { "?".to_string() } else { format!("pts/{}", (tty_nr & 0xff) | ((tty_nr >> 12) & 0xfff00)) };
+        let tty = if tty_nr == 0 {
+            "?".to_string()
+        } else {
+            format!("pts/{}", (tty_nr & 0xff) | ((tty_nr >> 12) & 0xfff00))
+        };
         let uid: u32 = fs::read_to_string(format!("/proc/{pid}/status"))
             .unwrap_or_default()
             .lines()
-            .find_map(|l| l.strip_prefix("Uid:")?.split_whitespace().next()?.parse().ok())
+            .find_map(|l| {
+                l.strip_prefix("Uid:")?
+                    .split_whitespace()
+                    .next()?
+                    .parse()
+                    .ok()
+            })
             .unwrap_or(0);
         rows.push(vec![
             user_name(uid),
@@ -65,5 +83,8 @@ pub fn top() -> Response {
             cmd,
         ]);
     }
-    Response::Top { titles, processes: rows }
+    Response::Top {
+        titles,
+        processes: rows,
+    }
 }

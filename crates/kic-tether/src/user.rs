@@ -22,7 +22,12 @@ fn passwd_entries(passwd: &str) -> impl Iterator<Item = Passwd<'_>> {
         if f.len() < 7 {
             return None;
         }
-        Some(Passwd { name: f[0], uid: f[2].parse().ok()?, gid: f[3].parse().ok()?, home: f[5] })
+        Some(Passwd {
+            name: f[0],
+            uid: f[2].parse().ok()?,
+            gid: f[3].parse().ok()?,
+            home: f[5],
+        })
     })
 }
 
@@ -32,7 +37,11 @@ fn group_entries(group: &str) -> impl Iterator<Item = (&str, u32, Vec<&str>)> {
         if f.len() < 4 {
             return None;
         }
-        Some((f[0], f[2].parse().ok()?, f[3].split(',').filter(|m| !m.is_empty()).collect()))
+        Some((
+            f[0],
+            f[2].parse().ok()?,
+            f[3].split(',').filter(|m| !m.is_empty()).collect(),
+        ))
     })
 }
 
@@ -48,7 +57,9 @@ pub fn resolve(spec: &str, passwd: &str, group: &str) -> Result<Identity, String
         Err(_) => Some(
             passwd_entries(passwd)
                 .find(|p| p.name == user)
-                .ok_or_else(|| format!("unable to find user {user}: no matching entries in passwd file"))?,
+                .ok_or_else(|| {
+                    format!("unable to find user {user}: no matching entries in passwd file")
+                })?,
         ),
     };
     let uid = match &found {
@@ -56,7 +67,11 @@ pub fn resolve(spec: &str, passwd: &str, group: &str) -> Result<Identity, String
         None => user.parse::<u32>().expect("numeric when not found"),
     };
     let mut gid = found.as_ref().map(|p| p.gid).unwrap_or(0);
-    let home = found.as_ref().map(|p| p.home.to_string()).filter(|h| !h.is_empty()).unwrap_or_else(|| "/".into());
+    let home = found
+        .as_ref()
+        .map(|p| p.home.to_string())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "/".into());
     let mut groups = Vec::new();
     match grp {
         Some(g) if !g.is_empty() => {
@@ -65,7 +80,9 @@ pub fn resolve(spec: &str, passwd: &str, group: &str) -> Result<Identity, String
                 Err(_) => group_entries(group)
                     .find(|(n, _, _)| *n == g)
                     .map(|(_, id, _)| id)
-                    .ok_or_else(|| format!("unable to find group {g}: no matching entries in group file"))?,
+                    .ok_or_else(|| {
+                        format!("unable to find group {g}: no matching entries in group file")
+                    })?,
             };
         }
         _ => {
@@ -82,7 +99,12 @@ pub fn resolve(spec: &str, passwd: &str, group: &str) -> Result<Identity, String
     if !groups.contains(&gid) {
         groups.insert(0, gid);
     }
-    Ok(Identity { uid, gid, groups, home })
+    Ok(Identity {
+        uid,
+        gid,
+        groups,
+        home,
+    })
 }
 
 #[cfg(test)]
@@ -105,7 +127,10 @@ mod tests {
         let g = resolve("www:staff", PASSWD, GROUP).unwrap();
         assert_eq!((g.uid, g.gid), (33, 50));
         let unknown = resolve("4242", PASSWD, GROUP).unwrap();
-        assert_eq!((unknown.uid, unknown.gid, unknown.home.as_str()), (4242, 0, "/"));
+        assert_eq!(
+            (unknown.uid, unknown.gid, unknown.home.as_str()),
+            (4242, 0, "/")
+        );
     }
 
     #[test]
@@ -114,6 +139,8 @@ mod tests {
             resolve("nobody", PASSWD, GROUP).unwrap_err(),
             "unable to find user nobody: no matching entries in passwd file"
         );
-        assert!(resolve("user:nogroup", PASSWD, GROUP).unwrap_err().contains("unable to find group nogroup"));
+        assert!(resolve("user:nogroup", PASSWD, GROUP)
+            .unwrap_err()
+            .contains("unable to find group nogroup"));
     }
 }

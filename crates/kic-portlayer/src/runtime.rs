@@ -1,0 +1,1364 @@
+//! The port layer proper: container VMs from create to remove, the monitors that keep each
+//! running container's output and exit code, and rebuilding all of it from libvirt and the
+//! datastore when the host process starts.
+
+use crate::container::{
+    now_rfc3339, valid_name, ContainerConfig, ContainerState, Status, CONFIG_VERSION,
+};
+use crate::domain::{domain_xml, DomainSpec};
+use crate::error::{Error, Kind, Result};
+use crate::layout::{ContainerPaths, Layout, SOCKET_DIR};
+use crate::libvirt::Hypervisor;
+use crate::logfile::{LogReader, LogRecord, LogWriter};
+use crate::tether::Session;
+use futures::FutureExt;
+use kic_proto::{
+    frame, ContainerSpec, Event, ProcessSpec, Request, Response, MAIN_ID, STDERR, STDOUT,
+};
+use std::collections::{BTreeMap, HashMap};
+use std::fs::File;
+use std::io;
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::{mpsc, oneshot, watch, Notify};
+
+/// How the port layer is set up.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub datastore: PathBuf,
+    pub libvirt_uri: String,
+    /// The VCH this port layer serves; its containers are the domains carrying this name.
+    pub vch: String,
+    /// The static `kic-tether` binary the bootstrap image is built with.
+    pub tether: PathBuf,
+    pub default_memory_mib: u64,
+    pub default_vcpus: u32,
+}
+
+impl Config {
+    pub fn new(datastore: impl Into<PathBuf>, vch: &str, tether: impl Into<PathBuf>) -> Self {
+        Config {
+            datastore: datastore.into(),
+            libvirt_uri: "qemu:///system".into(),
+            vch: vch.into(),
+            tether: tether.into(),
+            default_memory_mib: 512,
+            default_vcpus: 1,
+        }
+    }
+}
+
+/// What `create` needs; `None` fields take the image's defaults.
+#[derive(Debug, Clone, Default)]
+pub struct CreateRequest {
+    pub name: Option<String>,
+    pub image: String,
+    pub cmd: Option<Vec<String>>,
+    pub entrypoint: Option<Vec<String>>,
+    pub env: Vec<String>,
+    pub workdir: Option<String>,
+    pub user: Option<String>,
+    pub hostname: Option<String>,
+    pub tty: bool,
+    pub open_stdin: bool,
+    pub labels: BTreeMap<String, String>,
+    pub memory_mib: Option<u64>,
+    pub vcpus: Option<u32>,
+    pub stop_signal: Option<String>,
+    pub stop_timeout: Option<u64>,
+    pub extra: serde_json::Value,
+}
+
+/// A container as callers see it.
+#[derive(Debug, Clone)]
+pub struct ContainerView {
+    pub config: ContainerConfig,
+    pub state: ContainerState,
+}
+
+struct Ctr {
+    paths: ContainerPaths,
+    config: RwLock<ContainerConfig>,
+    state: watch::Sender<ContainerState>,
+    /// The live tether session, when this process monitors the container.
+    session: tokio::sync::RwLock<Option<Arc<Session>>>,
+    log_appended: Notify,
+    start_result: Mutex<Option<oneshot::Sender<Result<()>>>>,
+    exit_waiters: Mutex<HashMap<String, oneshot::Sender<i32>>>,
+    monitored: AtomicBool,
+}
+
+struct Inner {
+    cfg: Config,
+    layout: Layout,
+    hv: Hypervisor,
+    boot: kic_bootstrap::BootImage,
+    images: kic_image::ImageStore,
+    containers: Mutex<HashMap<String, Arc<Ctr>>>,
+}
+
+/// The port layer. Cheap to clone.
+#[derive(Clone)]
+pub struct PortLayer {
+    inner: Arc<Inner>,
+}
+
+fn random_hex(bytes: usize) -> String {
+    use rand::RngCore;
+    let mut b = vec![0u8; bytes];
+    rand::thread_rng().fill_bytes(&mut b);
+    hex::encode(b)
+}
+
+fn write_atomic(path: &Path, data: &[u8]) -> io::Result<()> {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, data)?;
+    std::fs::rename(&tmp, path)
+}
+
+/// Parse a signal name or number as Docker accepts them (`SIGTERM`, `TERM`, `15`).
+pub fn parse_signal(s: &str) -> Result<i32> {
+    if let Ok(n) = s.parse::<i32>() {
+        if (1..=64).contains(&n) {
+            return Ok(n);
+        }
+        return Err(Error::invalid(format!("Invalid signal: {s}")));
+    }
+    let up = s.to_ascii_uppercase();
+    let name = up.strip_prefix("SIG").unwrap_or(&up);
+    let n = match name {
+        "HUP" => 1,
+        "INT" => 2,
+        "QUIT" => 3,
+        "ILL" => 4,
+        "TRAP" => 5,
+        "ABRT" | "IOT" => 6,
+        "BUS" => 7,
+        "FPE" => 8,
+        "KILL" => 9,
+        "USR1" => 10,
+        "SEGV" => 11,
+        "USR2" => 12,
+        "PIPE" => 13,
+        "ALRM" => 14,
+        "TERM" => 15,
+        "STKFLT" => 16,
+        "CHLD" => 17,
+        "CONT" => 18,
+        "STOP" => 19,
+        "TSTP" => 20,
+        "TTIN" => 21,
+        "TTOU" => 22,
+        "URG" => 23,
+        "XCPU" => 24,
+        "XFSZ" => 25,
+        "VTALRM" => 26,
+        "PROF" => 27,
+        "WINCH" => 28,
+        "IO" | "POLL" => 29,
+        "PWR" => 30,
+        "SYS" => 31,
+        _ => return Err(Error::invalid(format!("Invalid signal: {s}"))),
+    };
+    Ok(n)
+}
+
+/// Merge `KEY=value` lists: later entries replace earlier ones with the same key.
+fn merge_env(base: &[String], over: &[String]) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    for kv in base.iter().chain(over) {
+        let key = kv.split('=').next().unwrap_or(kv);
+        if let Some(slot) = out.iter_mut().find(|e| e.split('=').next() == Some(key)) {
+            *slot = kv.clone();
+        } else {
+            out.push(kv.clone());
+        }
+    }
+    out
+}
+
+const ADJECTIVES: &[&str] = &[
+    "brave", "calm", "eager", "fond", "gentle", "happy", "jolly", "keen", "lucid", "merry",
+    "nifty", "quiet", "sharp", "stoic", "tender", "vivid", "witty", "zen",
+];
+const NOUNS: &[&str] = &[
+    "babbage", "curie", "darwin", "euler", "fermi", "gauss", "hopper", "kepler", "lovelace",
+    "newton", "noether", "pascal", "ritchie", "shannon", "tesla", "turing", "wozniak", "yalow",
+];
+
+fn generated_name() -> String {
+    use rand::seq::SliceRandom;
+    let mut r = rand::thread_rng();
+    format!(
+        "{}_{}",
+        ADJECTIVES.choose(&mut r).expect("nonempty"),
+        NOUNS.choose(&mut r).expect("nonempty")
+    )
+}
+
+/// Take the container's monitor lock; `None` when another process holds it.
+fn try_lock(path: &Path) -> Option<File> {
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(path)
+        .ok()?;
+    // SAFETY: flock on an fd we own.
+    let r = unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+    (r == 0).then_some(f)
+}
+
+fn io_err(what: &str) -> impl Fn(io::Error) -> Error + '_ {
+    move |e| Error::io(what, e)
+}
+
+impl PortLayer {
+    /// Open the datastore, connect to libvirt, build (or find) the bootstrap image, and adopt
+    /// every container of this VCH that libvirt and the datastore know.
+    pub async fn open(cfg: Config) -> Result<PortLayer> {
+        let layout = Layout::new(&cfg.datastore);
+        for d in [
+            layout.containers(),
+            layout.bootstrap(),
+            layout.images(),
+            PathBuf::from(SOCKET_DIR),
+        ] {
+            std::fs::create_dir_all(&d)
+                .map_err(|e| Error::io(format!("create {}", d.display()), e))?;
+        }
+        // QEMU runs as its own user and must reach the datastore's files.
+        use std::os::unix::fs::PermissionsExt;
+        for d in [
+            layout.root().to_path_buf(),
+            layout.containers(),
+            layout.bootstrap(),
+        ] {
+            let _ = std::fs::set_permissions(&d, std::fs::Permissions::from_mode(0o755));
+        }
+        let (broot, inputs) = (
+            layout.bootstrap(),
+            kic_bootstrap::BuildInputs::new(&cfg.tether),
+        );
+        let boot = tokio::task::spawn_blocking(move || kic_bootstrap::build(&broot, &inputs))
+            .await
+            .map_err(|e| Error::internal(e.to_string()))?
+            .map_err(|e| Error::unavailable(format!("bootstrap image: {e}")))?;
+        let hv = Hypervisor::connect(&cfg.libvirt_uri, &boot).await?;
+        let images = kic_image::ImageStore::open(layout.images())?;
+        let pl = PortLayer {
+            inner: Arc::new(Inner {
+                cfg,
+                layout,
+                hv,
+                boot,
+                images,
+                containers: Mutex::new(HashMap::new()),
+            }),
+        };
+        pl.adopt().await?;
+        Ok(pl)
+    }
+
+    pub fn images(&self) -> &kic_image::ImageStore {
+        &self.inner.images
+    }
+
+    pub fn domain_type(&self) -> &'static str {
+        self.inner.hv.domain_type
+    }
+
+    pub fn kvm_note(&self) -> Option<&str> {
+        self.inner.hv.kvm_note.as_deref()
+    }
+
+    pub fn boot_version(&self) -> &str {
+        &self.inner.boot.manifest.version
+    }
+
+    pub fn datastore(&self) -> &Path {
+        self.inner.layout.root()
+    }
+
+    /// Rebuild the view from libvirt's domains and the datastore; start monitors for running VMs.
+    async fn adopt(&self) -> Result<()> {
+        let domains = self.inner.hv.list().await?;
+        for d in domains {
+            let Ok(meta) = serde_json::from_str::<ContainerConfig>(&d.metadata) else {
+                continue;
+            };
+            if meta.vch != self.inner.cfg.vch || meta.datastore != self.inner.cfg.datastore {
+                continue;
+            }
+            let paths = self.inner.layout.container(&meta.id);
+            // The datastore copy is the newer one (renames update both, the file first).
+            let config = std::fs::read(paths.config())
+                .ok()
+                .and_then(|b| serde_json::from_slice::<ContainerConfig>(&b).ok())
+                .unwrap_or(meta);
+            let state = std::fs::read(paths.state())
+                .ok()
+                .and_then(|b| serde_json::from_slice::<ContainerState>(&b).ok())
+                .unwrap_or_else(ContainerState::created);
+            let ctr = Arc::new(Ctr::new(paths, config, state));
+            let id = ctr.config.read().expect("config lock").id.clone();
+            self.inner
+                .containers
+                .lock()
+                .expect("containers lock")
+                .insert(id, ctr.clone());
+            if d.active {
+                self.ensure_monitor(&ctr);
+            } else if ctr.state.borrow().running() {
+                // The VM ended while nobody watched; the log has what was stored.
+                self.vm_ended(&ctr).await;
+            }
+        }
+        Ok(())
+    }
+
+    fn find(&self, name_or_id: &str) -> Result<Arc<Ctr>> {
+        let cs = self.inner.containers.lock().expect("containers lock");
+        let key = name_or_id.strip_prefix('/').unwrap_or(name_or_id);
+        if let Some(c) = cs.get(key) {
+            return Ok(c.clone());
+        }
+        if let Some(c) = cs
+            .values()
+            .find(|c| c.config.read().expect("config lock").name == key)
+        {
+            return Ok(c.clone());
+        }
+        let matches: Vec<_> = if key.is_empty() {
+            vec![]
+        } else {
+            cs.iter().filter(|(id, _)| id.starts_with(key)).collect()
+        };
+        match matches.len() {
+            1 => Ok(matches[0].1.clone()),
+            0 => Err(Error::no_such_container(name_or_id)),
+            _ => Err(Error::invalid(format!(
+                "multiple IDs found with provided prefix: {key}"
+            ))),
+        }
+    }
+
+    /// Every container of this VCH.
+    pub fn list(&self) -> Vec<ContainerView> {
+        let cs: Vec<Arc<Ctr>> = self
+            .inner
+            .containers
+            .lock()
+            .expect("containers lock")
+            .values()
+            .cloned()
+            .collect();
+        let mut v: Vec<ContainerView> = cs.iter().map(|c| c.view()).collect();
+        v.sort_by(|a, b| b.config.created.cmp(&a.config.created));
+        v
+    }
+
+    pub fn inspect(&self, name_or_id: &str) -> Result<ContainerView> {
+        let c = self.find(name_or_id)?;
+        c.refresh();
+        Ok(c.view())
+    }
+
+    /// Create a container: its disk (copy-on-write over the image disk, no image data copied),
+    /// its directory on the datastore and its libvirt domain (defined, not started).
+    pub async fn create(&self, req: CreateRequest) -> Result<ContainerView> {
+        let image = self.inner.images.get(&req.image)?;
+        let ic = &image.config.config;
+        let entry = req
+            .entrypoint
+            .clone()
+            .or_else(|| ic.entrypoint.clone())
+            .unwrap_or_default();
+        let cmd = match (&req.entrypoint, &req.cmd) {
+            (_, Some(c)) => c.clone(),
+            (Some(_), None) => vec![],
+            (None, None) => ic.cmd.clone().unwrap_or_default(),
+        };
+        let args: Vec<String> = entry.into_iter().chain(cmd).collect();
+        if args.is_empty() {
+            return Err(Error::invalid("no command specified"));
+        }
+        let id = random_hex(32);
+        let name = match &req.name {
+            Some(n) => {
+                let n = n.strip_prefix('/').unwrap_or(n).to_string();
+                if !valid_name(&n) {
+                    return Err(Error::invalid(format!(
+                        "Invalid container name ({n}), only [a-zA-Z0-9][a-zA-Z0-9_.-] are allowed"
+                    )));
+                }
+                n
+            }
+            None => generated_name(),
+        };
+        let hostname = req
+            .hostname
+            .clone()
+            .filter(|h| !h.is_empty())
+            .unwrap_or_else(|| id[..12].to_string());
+        let mut env = merge_env(ic.env.as_deref().unwrap_or(&[]), &req.env);
+        if !env.iter().any(|e| e.starts_with("HOSTNAME=")) {
+            env.insert(0, format!("HOSTNAME={hostname}"));
+        }
+        let stop_signal = match req.stop_signal.as_deref().or(ic.stop_signal.as_deref()) {
+            Some(s) => parse_signal(s)?,
+            None => 15,
+        };
+        let mut labels = ic.labels.clone().unwrap_or_default();
+        labels.extend(req.labels.clone());
+        let spec = ContainerSpec {
+            id: id.clone(),
+            hostname: hostname.clone(),
+            hosts: "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\nfe00::0\tip6-localnet\nff00::0\tip6-mcastprefix\nff02::1\tip6-allnodes\nff02::2\tip6-allrouters\n".into(),
+            resolv_conf: None,
+            root_device: "/dev/vda".into(),
+            main: ProcessSpec {
+                args,
+                env,
+                cwd: req.workdir.clone().filter(|w| !w.is_empty()).or_else(|| ic.working_dir.clone()).unwrap_or_default(),
+                user: req.user.clone().or_else(|| ic.user.clone()).unwrap_or_default(),
+                tty: req.tty,
+                stdin: req.open_stdin,
+                size: None,
+            },
+        };
+        let domain = format!("kic-{}-{}-{}", self.inner.cfg.vch, name, &id[..12]);
+        let config = ContainerConfig {
+            version: CONFIG_VERSION,
+            id: id.clone(),
+            name: name.clone(),
+            created: now_rfc3339(),
+            image: req.image.clone(),
+            image_id: image.id.clone(),
+            image_disk: image.disk.clone(),
+            spec,
+            memory_mib: req.memory_mib.unwrap_or(self.inner.cfg.default_memory_mib),
+            vcpus: req.vcpus.unwrap_or(self.inner.cfg.default_vcpus),
+            stop_signal,
+            stop_timeout: req.stop_timeout.unwrap_or(10),
+            labels,
+            boot_version: self.inner.boot.manifest.version.clone(),
+            vch: self.inner.cfg.vch.clone(),
+            datastore: self.inner.cfg.datastore.clone(),
+            domain: domain.clone(),
+            extra: req.extra.clone(),
+        };
+        let paths = self.inner.layout.container(&id);
+        let ctr = Arc::new(Ctr::new(
+            paths.clone(),
+            config.clone(),
+            ContainerState::created(),
+        ));
+        {
+            // Reserve the name: of two concurrent creates with one name, exactly one wins.
+            let mut cs = self.inner.containers.lock().expect("containers lock");
+            if let Some(other) = cs
+                .values()
+                .find(|c| c.config.read().expect("config lock").name == name)
+            {
+                let oid = other.config.read().expect("config lock").id.clone();
+                return Err(Error::conflict(format!(
+                    "Conflict. The container name \"/{name}\" is already in use by container \"{oid}\". You have to remove (or rename) that container to be able to reuse that name."
+                )));
+            }
+            cs.insert(id.clone(), ctr.clone());
+        }
+        match self.create_on_disk(&ctr, &config, &image.disk).await {
+            Ok(()) => Ok(ctr.view()),
+            Err(e) => {
+                self.inner
+                    .containers
+                    .lock()
+                    .expect("containers lock")
+                    .remove(&id);
+                let _ = self.inner.hv.undefine(&domain).await;
+                let _ = std::fs::remove_dir_all(&paths.dir);
+                Err(e)
+            }
+        }
+    }
+
+    async fn create_on_disk(
+        &self,
+        ctr: &Ctr,
+        config: &ContainerConfig,
+        image_disk: &Path,
+    ) -> Result<()> {
+        let paths = &ctr.paths;
+        std::fs::create_dir_all(&paths.dir).map_err(io_err("create the container directory"))?;
+        use std::os::unix::fs::PermissionsExt;
+        let _ = std::fs::set_permissions(&paths.dir, std::fs::Permissions::from_mode(0o755));
+        let out = tokio::process::Command::new("qemu-img")
+            .args(["create", "-q", "-f", "qcow2", "-F", "raw", "-b"])
+            .arg(image_disk)
+            .arg(paths.disk())
+            .output()
+            .await
+            .map_err(|e| {
+                Error::unavailable(format!("cannot run qemu-img (install qemu-utils): {e}"))
+            })?;
+        if !out.status.success() {
+            return Err(Error::internal(format!(
+                "qemu-img create {}: {}",
+                paths.disk().display(),
+                String::from_utf8_lossy(&out.stderr).trim()
+            )));
+        }
+        let json = serde_json::to_vec_pretty(config).expect("serialisable");
+        write_atomic(&paths.config(), &json).map_err(io_err("write config.json"))?;
+        ctr.save_state().map_err(io_err("write state.json"))?;
+        File::create(paths.log()).map_err(io_err("create the container log"))?;
+        self.inner.hv.define(self.domain_xml(config)).await
+    }
+
+    fn domain_xml(&self, c: &ContainerConfig) -> String {
+        let p = self.inner.layout.container(&c.id);
+        let boot_dir = self.inner.layout.bootstrap().join(&c.boot_version);
+        let meta = serde_json::to_string(c).expect("serialisable");
+        domain_xml(&DomainSpec {
+            name: &c.domain,
+            title: &format!("KIC container {} ({})", c.name, c.image),
+            domain_type: self.inner.hv.domain_type,
+            memory_mib: c.memory_mib,
+            vcpus: c.vcpus,
+            kernel: &boot_dir.join("vmlinux"),
+            initrd: &boot_dir.join("initrd.img"),
+            cmdline: kic_bootstrap::KERNEL_CMDLINE,
+            disk: &p.disk(),
+            socket: &p.socket(),
+            console: &p.console(),
+            metadata: &meta,
+        })
+    }
+
+    /// Boot the container's VM and start its main process; returns once it runs (or failed to).
+    pub async fn start(&self, name_or_id: &str) -> Result<()> {
+        let ctr = self.find(name_or_id)?;
+        ctr.refresh();
+        let id = ctr.id();
+        ctr.state.borrow().check_start(&id)?;
+        let lock = try_lock(&ctr.paths.lock()).ok_or_else(|| {
+            Error::conflict(format!(
+                "container {id} is being started or managed by another host process"
+            ))
+        })?;
+        let config = ctr.config.read().expect("config lock").clone();
+        let (tx, rx) = oneshot::channel();
+        *ctr.start_result.lock().expect("lock") = Some(tx);
+        let log_base = LogWriter::open(&ctr.paths.log())
+            .map(|w| [0, w.offset(STDOUT), w.offset(STDERR)])
+            .unwrap_or([0; 3]);
+        let was_started = ctr.state.borrow().started_at.is_some();
+        ctr.update(|s| {
+            s.status = Status::Running;
+            s.exit_code = None;
+            s.error.clear();
+            s.started_at = Some(now_rfc3339());
+            s.finished_at = None;
+            s.boot_id = None;
+            s.pid = None;
+            s.log_base = log_base;
+            s.main_started = false;
+            s.stopping = false;
+            if was_started {
+                s.restart_count += 1;
+            }
+        });
+        let _ = std::fs::remove_file(ctr.paths.socket());
+        // The boot image may have been rebuilt (upgrade): boot the version this container uses
+        // if it still exists, else the current one.
+        if !self
+            .inner
+            .layout
+            .bootstrap()
+            .join(&config.boot_version)
+            .exists()
+        {
+            let v = self.inner.boot.manifest.version.clone();
+            ctr.config.write().expect("config lock").boot_version = v;
+            let c = ctr.config.read().expect("config lock").clone();
+            self.inner.hv.define(self.domain_xml(&c)).await?;
+        }
+        tracing::debug!("container {id}: starting domain {}", config.domain);
+        if let Err(e) = self.inner.hv.start(&config.domain).await {
+            ctr.update(|s| {
+                s.status = Status::Exited;
+                s.exit_code = Some(128);
+                s.error = e.message.clone();
+                s.finished_at = Some(now_rfc3339());
+            });
+            return Err(e);
+        }
+        tracing::debug!("container {id}: domain started");
+        self.spawn_monitor(&ctr, lock);
+        match rx.await {
+            Ok(r) => r,
+            Err(_) => {
+                ctr.refresh();
+                let st = ctr.state.borrow().clone();
+                Err(Error::internal(format!(
+                    "container {id} stopped while starting: {}",
+                    st.error
+                )))
+            }
+        }
+    }
+
+    fn ensure_monitor(&self, ctr: &Arc<Ctr>) {
+        if ctr.monitored.load(Ordering::SeqCst) {
+            return;
+        }
+        match try_lock(&ctr.paths.lock()) {
+            Some(lock) => self.spawn_monitor(ctr, lock),
+            None => {
+                // Another process serves it; try again later in case that process goes away.
+                let (pl, ctr) = (self.clone(), ctr.clone());
+                tokio::spawn(async move {
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                    ctr.refresh();
+                    if ctr.state.borrow().running()
+                        && pl.inner.hv.is_active(&ctr.domain()).await.unwrap_or(false)
+                    {
+                        pl.ensure_monitor(&ctr);
+                    }
+                });
+            }
+        }
+    }
+
+    fn spawn_monitor(&self, ctr: &Arc<Ctr>, lock: File) {
+        ctr.monitored.store(true, Ordering::SeqCst);
+        let (pl, ctr) = (self.clone(), ctr.clone());
+        tokio::spawn(async move {
+            ctr.refresh_from_disk();
+            pl.monitor(&ctr).await;
+            *ctr.session.write().await = None;
+            ctr.monitored.store(false, Ordering::SeqCst);
+            drop(lock);
+            // Wake followers and waiters.
+            ctr.log_appended.notify_waiters();
+        });
+    }
+
+    /// Serve one running container until its VM has ended.
+    async fn monitor(&self, ctr: &Arc<Ctr>) {
+        let log = match LogWriter::open(&ctr.paths.log()) {
+            Ok(l) => Arc::new(Mutex::new(l)),
+            Err(e) => {
+                tracing::error!("container {}: cannot open its log: {e}", ctr.id());
+                return;
+            }
+        };
+        let sock = ctr.paths.socket();
+        loop {
+            let (hv, domain) = (self.inner.hv.clone(), ctr.domain());
+            let alive = move || {
+                let (hv, d) = (hv.clone(), domain.clone());
+                async move { hv.is_active(&d).await.unwrap_or(false) }.boxed()
+            };
+            let session = match Session::connect(&sock, &alive).await {
+                Ok(s) => Arc::new(s),
+                Err(e) => {
+                    if !self
+                        .inner
+                        .hv
+                        .is_active(&ctr.domain())
+                        .await
+                        .unwrap_or(false)
+                    {
+                        tracing::info!("container {}: VM ended ({e})", ctr.id());
+                        self.vm_ended(ctr).await;
+                        return;
+                    }
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    continue;
+                }
+            };
+            tracing::debug!(
+                "container {}: tether session up (boot {})",
+                ctr.id(),
+                session.boot_id
+            );
+            if ctr.state.borrow().boot_id.as_deref() != Some(session.boot_id.as_str()) {
+                let b = session.boot_id.clone();
+                ctr.update(|s| s.boot_id = Some(b));
+            }
+            if !session.started {
+                let spec = ctr.config.read().expect("config lock").spec.clone();
+                match session
+                    .request(Request::Start {
+                        spec: Box::new(spec),
+                    })
+                    .await
+                {
+                    Ok(Response::Started { pid }) => {
+                        tracing::debug!("container {}: main process started (pid {pid})", ctr.id());
+                        ctr.update(|s| {
+                            s.pid = Some(pid);
+                            s.main_started = true;
+                        });
+                        ctr.finish_start(Ok(()));
+                    }
+                    Ok(Response::Error { message, exit_code }) => {
+                        let code = exit_code.unwrap_or(126);
+                        ctr.update(|s| {
+                            s.status = Status::Exited;
+                            s.exit_code = Some(code);
+                            s.error = message.clone();
+                            s.finished_at = Some(now_rfc3339());
+                        });
+                        let mut err = Error::new(
+                            Kind::Invalid,
+                            format!("failed to start container {}: {message}", ctr.id()),
+                        );
+                        err.exit_code = Some(code);
+                        ctr.finish_start(Err(err));
+                        let _ = session
+                            .request(Request::AckExit { id: MAIN_ID.into() })
+                            .await;
+                        self.wait_vm_down(ctr).await;
+                        return;
+                    }
+                    _ => continue,
+                }
+            } else {
+                ctr.finish_start(Ok(()));
+            }
+            *ctr.session.write().await = Some(session.clone());
+            match self.serve_session(ctr, &session, &log).await {
+                Ok(()) => return,
+                Err(e) => {
+                    tracing::warn!(
+                        "container {}: tether session lost ({e}); reconnecting",
+                        ctr.id()
+                    );
+                    *ctr.session.write().await = None;
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+        }
+    }
+
+    /// Store the main process's output and wait for its exit; `Ok` once the exit is stored.
+    async fn serve_session(
+        &self,
+        ctr: &Arc<Ctr>,
+        session: &Arc<Session>,
+        log: &Arc<Mutex<LogWriter>>,
+    ) -> io::Result<()> {
+        let mut events = session.events().await?;
+        let tty = ctr.config.read().expect("config lock").spec.main.tty;
+        let base = ctr.state.borrow().log_base;
+        let mut pumps = tokio::task::JoinSet::new();
+        let fds: &[u8] = if tty { &[STDOUT] } else { &[STDOUT, STDERR] };
+        for &fd in fds {
+            let have = log
+                .lock()
+                .expect("log lock")
+                .offset(fd)
+                .saturating_sub(base[fd as usize]);
+            let (start, stream) = session.output(MAIN_ID, fd, have).await?;
+            if start > have {
+                tracing::warn!(
+                    "container {}: output {fd} has a gap from {have} to {start}",
+                    ctr.id()
+                );
+            }
+            let (log, ctr) = (log.clone(), ctr.clone());
+            pumps.spawn(async move { pump_to_log(stream, fd, start, &log, &ctr).await });
+        }
+        let mut main_exit: Option<i32> = None;
+        loop {
+            if let Some(code) = main_exit {
+                if pumps.is_empty() {
+                    ctr.update(|s| {
+                        s.status = Status::Exited;
+                        s.exit_code = Some(code);
+                        s.pid = None;
+                        s.finished_at = Some(now_rfc3339());
+                    });
+                    ctr.log_appended.notify_waiters();
+                    let _ = session
+                        .request(Request::AckExit { id: MAIN_ID.into() })
+                        .await;
+                    self.wait_vm_down(ctr).await;
+                    return Ok(());
+                }
+            }
+            tokio::select! {
+                ev = frame::read::<_, Event>(&mut events) => match ev? {
+                    Some(Event::Snapshot { processes }) => {
+                        for p in processes {
+                            if let Some(code) = p.exit_code {
+                                if p.id == MAIN_ID { main_exit = Some(code) } else { ctr.exec_exited(&p.id, code) }
+                            }
+                        }
+                    }
+                    Some(Event::Exited { id, exit_code }) => {
+                        if id == MAIN_ID { main_exit = Some(exit_code) } else { ctr.exec_exited(&id, exit_code) }
+                    }
+                    Some(Event::Started { .. }) => {}
+                    None => return Err(io::Error::new(io::ErrorKind::NotConnected, "events stream ended")),
+                },
+                Some(r) = pumps.join_next(), if !pumps.is_empty() => {
+                    r.map_err(io::Error::other)??;
+                }
+            }
+        }
+    }
+
+    /// After the main process's exit was acknowledged the tether ends the VM; make sure.
+    async fn wait_vm_down(&self, ctr: &Ctr) {
+        let d = ctr.domain();
+        for _ in 0..100 {
+            if !self.inner.hv.is_active(&d).await.unwrap_or(false) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let _ = self.inner.hv.destroy(&d).await;
+    }
+
+    /// The VM is gone without a stored exit (killed from outside, crashed, or destroyed by stop).
+    async fn vm_ended(&self, ctr: &Ctr) {
+        ctr.refresh_from_disk();
+        let st = ctr.state.borrow().clone();
+        if st.running() {
+            ctr.update(|s| {
+                s.status = Status::Exited;
+                if s.exit_code.is_none() {
+                    s.exit_code = Some(137);
+                }
+                if !s.stopping && s.error.is_empty() {
+                    s.error =
+                        "the container VM stopped unexpectedly (see console.log on the datastore)"
+                            .into();
+                }
+                s.pid = None;
+                s.finished_at = Some(now_rfc3339());
+            });
+        }
+        ctr.finish_start(Err(Error::internal(format!(
+            "container {} VM stopped before its process started; see {}",
+            ctr.id(),
+            ctr.paths.console().display()
+        ))));
+        ctr.log_appended.notify_waiters();
+    }
+
+    /// The live session of a running container served by this process.
+    async fn session(&self, ctr: &Arc<Ctr>) -> Result<Arc<Session>> {
+        ctr.refresh();
+        ctr.state.borrow().check_kill(&ctr.id())?;
+        if !ctr.monitored.load(Ordering::SeqCst) {
+            self.ensure_monitor(ctr);
+        }
+        for _ in 0..200 {
+            if let Some(s) = ctr.session.read().await.clone() {
+                if !s.is_closed() {
+                    return Ok(s);
+                }
+            }
+            if !ctr.state.borrow().running() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        ctr.state.borrow().check_kill(&ctr.id())?;
+        Err(Error::unavailable(format!(
+            "container {} is running but its tether does not answer",
+            ctr.id()
+        )))
+    }
+
+    /// Send a signal to the main process.
+    pub async fn kill(&self, name_or_id: &str, signal: i32) -> Result<()> {
+        let ctr = self.find(name_or_id)?;
+        let s = self.session(&ctr).await?;
+        if signal == 9 {
+            ctr.update(|s| s.stopping = true);
+        }
+        s.request_ok(Request::Signal {
+            id: MAIN_ID.into(),
+            signal,
+        })
+        .await
+        .map_err(|e| Error::conflict(format!("Cannot kill container: {}: {e}", ctr.id())))
+    }
+
+    /// Docker's stop: the stop signal, `timeout` seconds, then SIGKILL, then the VM is powered off.
+    pub async fn stop(&self, name_or_id: &str, timeout: Option<u64>) -> Result<()> {
+        let ctr = self.find(name_or_id)?;
+        ctr.refresh();
+        if !ctr.state.borrow().running() {
+            return Ok(());
+        }
+        let timeout = timeout.unwrap_or(ctr.config.read().expect("config lock").stop_timeout);
+        let sig = ctr.config.read().expect("config lock").stop_signal;
+        ctr.update(|s| s.stopping = true);
+        if let Ok(s) = self.session(&ctr).await {
+            let _ = s
+                .request(Request::Signal {
+                    id: MAIN_ID.into(),
+                    signal: sig,
+                })
+                .await;
+            if self
+                .wait_not_running(&ctr, Duration::from_secs(timeout))
+                .await
+            {
+                return Ok(());
+            }
+            let _ = s
+                .request(Request::Signal {
+                    id: MAIN_ID.into(),
+                    signal: 9,
+                })
+                .await;
+            if self.wait_not_running(&ctr, Duration::from_secs(5)).await {
+                return Ok(());
+            }
+        }
+        // The tether does not answer: power the VM off.
+        self.inner.hv.destroy(&ctr.domain()).await?;
+        if !self.wait_not_running(&ctr, Duration::from_secs(10)).await {
+            self.vm_ended(&ctr).await;
+        }
+        Ok(())
+    }
+
+    async fn wait_not_running(&self, ctr: &Arc<Ctr>, d: Duration) -> bool {
+        let mut rx = ctr.state.subscribe();
+        let deadline = tokio::time::Instant::now() + d;
+        loop {
+            ctr.refresh();
+            if !ctr.state.borrow().running() {
+                return true;
+            }
+            let now = tokio::time::Instant::now();
+            if now >= deadline {
+                return false;
+            }
+            let step = (deadline - now).min(Duration::from_millis(200));
+            let _ = tokio::time::timeout(step, rx.changed()).await;
+        }
+    }
+
+    /// Wait (up to `limit`) until this process has finished serving a stopped container, so
+    /// that a short-lived host process does not leave before the VM was told to end.
+    pub async fn settle(&self, name_or_id: &str, limit: Duration) {
+        let Ok(ctr) = self.find(name_or_id) else {
+            return;
+        };
+        let deadline = tokio::time::Instant::now() + limit;
+        while ctr.monitored.load(Ordering::SeqCst)
+            && !ctr.state.borrow().running()
+            && tokio::time::Instant::now() < deadline
+        {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Wait until the container is not running; its exit code.
+    pub async fn wait(&self, name_or_id: &str) -> Result<i32> {
+        let ctr = self.find(name_or_id)?;
+        while !self.wait_not_running(&ctr, Duration::from_secs(3600)).await {}
+        let code = ctr.state.borrow().exit_code.unwrap_or(0);
+        Ok(code)
+    }
+
+    /// Remove a container: its VM, domain, disk and log. `force` stops it first.
+    pub async fn remove(&self, name_or_id: &str, force: bool) -> Result<()> {
+        let ctr = self.find(name_or_id)?;
+        ctr.refresh();
+        let id = ctr.id();
+        ctr.state.borrow().check_remove(&id, force)?;
+        if ctr.state.borrow().running() {
+            ctr.update(|s| s.stopping = true);
+            self.inner.hv.destroy(&ctr.domain()).await?;
+            self.wait_not_running(&ctr, Duration::from_secs(10)).await;
+        }
+        ctr.update(|s| s.status = Status::Dead);
+        self.inner.hv.undefine(&ctr.domain()).await?;
+        std::fs::remove_dir_all(&ctr.paths.dir)
+            .map_err(|e| Error::io(format!("remove {}", ctr.paths.dir.display()), e))?;
+        let _ = std::fs::remove_file(ctr.paths.socket());
+        self.inner
+            .containers
+            .lock()
+            .expect("containers lock")
+            .remove(&id);
+        Ok(())
+    }
+
+    /// The container log's records; with `follow`, keeps going until the container stops.
+    /// `from_end` skips what is already there (attach).
+    pub fn logs(
+        &self,
+        name_or_id: &str,
+        follow: bool,
+        from_end: bool,
+    ) -> Result<mpsc::Receiver<LogRecord>> {
+        let ctr = self.find(name_or_id)?;
+        let mut reader =
+            LogReader::open(&ctr.paths.log()).map_err(io_err("open the container log"))?;
+        if from_end {
+            while let Ok(Some(_)) = reader.next() {}
+        }
+        let (tx, rx) = mpsc::channel(64);
+        tokio::spawn(async move {
+            loop {
+                let notified = ctr.log_appended.notified();
+                tokio::pin!(notified);
+                notified.as_mut().enable();
+                // Take the state before reading: if it says stopped, what follows is complete.
+                ctr.refresh();
+                let running = ctr.state.borrow().running();
+                loop {
+                    match reader.next() {
+                        Ok(Some(r)) => {
+                            if tx.send(r).await.is_err() {
+                                return;
+                            }
+                        }
+                        _ => break,
+                    }
+                }
+                if !follow || !running {
+                    return;
+                }
+                let _ = tokio::time::timeout(Duration::from_millis(200), notified).await;
+            }
+        });
+        Ok(rx)
+    }
+
+    /// Write to the main process's stdin (it must have been created with `open_stdin`).
+    pub async fn attach_stdin(&self, name_or_id: &str) -> Result<StdinWriter> {
+        let ctr = self.find(name_or_id)?;
+        let s = self.session(&ctr).await?;
+        StdinWriter::open(s, MAIN_ID).await
+    }
+
+    pub async fn resize(
+        &self,
+        name_or_id: &str,
+        process: Option<&str>,
+        rows: u16,
+        cols: u16,
+    ) -> Result<()> {
+        let ctr = self.find(name_or_id)?;
+        let s = self.session(&ctr).await?;
+        s.request_ok(Request::Resize {
+            id: process.unwrap_or(MAIN_ID).into(),
+            rows,
+            cols,
+        })
+        .await
+        .map_err(|e| Error::conflict(e.to_string()))
+    }
+
+    /// Start a further process in a running container.
+    pub async fn exec(&self, name_or_id: &str, spec: ProcessSpec) -> Result<ExecProcess> {
+        let ctr = self.find(name_or_id)?;
+        let session = self.session(&ctr).await?;
+        let exec_id = format!("exec-{}", random_hex(16));
+        let (exit_tx, exit_rx) = oneshot::channel();
+        ctr.exit_waiters
+            .lock()
+            .expect("lock")
+            .insert(exec_id.clone(), exit_tx);
+        let fds: Vec<u8> = if spec.tty {
+            vec![STDOUT]
+        } else {
+            vec![STDOUT, STDERR]
+        };
+        let want_stdin = spec.stdin;
+        match session
+            .request(Request::Exec {
+                id: exec_id.clone(),
+                spec,
+            })
+            .await
+        {
+            Ok(Response::Started { .. }) => {}
+            Ok(Response::Error { message, exit_code }) => {
+                ctr.exit_waiters.lock().expect("lock").remove(&exec_id);
+                let mut e = Error::new(Kind::Invalid, message);
+                e.exit_code = exit_code;
+                return Err(e);
+            }
+            Ok(other) => return Err(Error::internal(format!("unexpected exec answer {other:?}"))),
+            Err(e) => return Err(Error::unavailable(format!("exec in {}: {e}", ctr.id()))),
+        }
+        let (out_tx, out_rx) = mpsc::channel(64);
+        let mut pumps = tokio::task::JoinSet::new();
+        for fd in fds {
+            let (_, stream) = session
+                .output(&exec_id, fd, 0)
+                .await
+                .map_err(|e| Error::internal(e.to_string()))?;
+            let tx = out_tx.clone();
+            pumps.spawn(async move { pump_to_channel(stream, fd, tx).await });
+        }
+        drop(out_tx);
+        let stdin = if want_stdin {
+            Some(StdinWriter::open(session.clone(), &exec_id).await?)
+        } else {
+            None
+        };
+        let (done_tx, done_rx) = oneshot::channel();
+        let id = exec_id.clone();
+        tokio::spawn(async move {
+            while pumps.join_next().await.is_some() {}
+            let code = exit_rx.await.unwrap_or(-1);
+            let _ = session.request(Request::AckExit { id }).await;
+            let _ = done_tx.send(code);
+        });
+        Ok(ExecProcess {
+            id: exec_id,
+            output: out_rx,
+            stdin,
+            exit: done_rx,
+        })
+    }
+
+    /// `docker top`: the processes inside the VM.
+    pub async fn top(&self, name_or_id: &str) -> Result<(Vec<String>, Vec<Vec<String>>)> {
+        let ctr = self.find(name_or_id)?;
+        let s = self.session(&ctr).await?;
+        match s.request(Request::Top).await {
+            Ok(Response::Top { titles, processes }) => Ok((titles, processes)),
+            Ok(other) => Err(Error::internal(format!("unexpected top answer {other:?}"))),
+            Err(e) => Err(Error::unavailable(e.to_string())),
+        }
+    }
+}
+
+async fn pump_to_log(
+    stream: kic_proto::mux::MuxStream,
+    fd: u8,
+    mut pos: u64,
+    log: &Mutex<LogWriter>,
+    ctr: &Ctr,
+) -> io::Result<()> {
+    let (mut rd, mut wr) = tokio::io::split(stream);
+    let mut buf = Vec::new();
+    loop {
+        let len = rd.read_u32().await? as usize;
+        if len == 0 {
+            return Ok(());
+        }
+        buf.resize(len, 0);
+        rd.read_exact(&mut buf).await?;
+        log.lock().expect("log lock").append(fd, &buf)?;
+        pos += len as u64;
+        ctr.log_appended.notify_waiters();
+        wr.write_u64(pos).await?;
+    }
+}
+
+async fn pump_to_channel(
+    stream: kic_proto::mux::MuxStream,
+    fd: u8,
+    tx: mpsc::Sender<(u8, Vec<u8>)>,
+) -> io::Result<()> {
+    let (mut rd, mut wr) = tokio::io::split(stream);
+    let mut pos = 0u64;
+    loop {
+        let len = rd.read_u32().await? as usize;
+        if len == 0 {
+            return Ok(());
+        }
+        let mut buf = vec![0u8; len];
+        rd.read_exact(&mut buf).await?;
+        pos += len as u64;
+        let _ = tx.send((fd, buf)).await;
+        wr.write_u64(pos).await?;
+    }
+}
+
+/// Writes to a process's stdin; `close` is the explicit end of input.
+pub struct StdinWriter {
+    session: Arc<Session>,
+    id: String,
+    stream: kic_proto::mux::MuxStream,
+}
+
+impl StdinWriter {
+    async fn open(session: Arc<Session>, id: &str) -> Result<StdinWriter> {
+        let stream = session
+            .stdin(id)
+            .await
+            .map_err(|e| Error::unavailable(e.to_string()))?;
+        Ok(StdinWriter {
+            session,
+            id: id.to_string(),
+            stream,
+        })
+    }
+
+    pub async fn write(&mut self, data: &[u8]) -> Result<()> {
+        self.stream
+            .write_all(data)
+            .await
+            .map_err(|e| Error::unavailable(format!("stdin: {e}")))?;
+        self.stream
+            .flush()
+            .await
+            .map_err(|e| Error::unavailable(format!("stdin: {e}")))
+    }
+
+    pub async fn close(mut self) -> Result<()> {
+        let _ = self.stream.flush().await;
+        // Make sure every byte written is in before the end of input.
+        let _ = self.stream.shutdown().await;
+        self.session
+            .request_ok(Request::CloseStdin {
+                id: self.id.clone(),
+            })
+            .await
+            .map_err(|e| Error::unavailable(format!("close stdin: {e}")))
+    }
+}
+
+/// A process started by [`PortLayer::exec`].
+pub struct ExecProcess {
+    pub id: String,
+    /// `(fd, bytes)` until the process's output ends.
+    pub output: mpsc::Receiver<(u8, Vec<u8>)>,
+    pub stdin: Option<StdinWriter>,
+    exit: oneshot::Receiver<i32>,
+}
+
+impl ExecProcess {
+    /// Wait for the exit code (after all output was delivered).
+    pub async fn wait(self) -> i32 {
+        self.exit.await.unwrap_or(-1)
+    }
+
+    /// Read all output (stdout, stderr) and the exit code.
+    pub async fn collect(mut self) -> (Vec<u8>, Vec<u8>, i32) {
+        let (mut out, mut err) = (Vec::new(), Vec::new());
+        while let Some((fd, b)) = self.output.recv().await {
+            if fd == STDERR {
+                err.extend(b)
+            } else {
+                out.extend(b)
+            }
+        }
+        (out, err, self.exit.await.unwrap_or(-1))
+    }
+}
+
+impl Ctr {
+    fn new(paths: ContainerPaths, config: ContainerConfig, state: ContainerState) -> Self {
+        Ctr {
+            paths,
+            config: RwLock::new(config),
+            state: watch::channel(state).0,
+            session: tokio::sync::RwLock::new(None),
+            log_appended: Notify::new(),
+            start_result: Mutex::new(None),
+            exit_waiters: Mutex::new(HashMap::new()),
+            monitored: AtomicBool::new(false),
+        }
+    }
+
+    fn id(&self) -> String {
+        self.config.read().expect("config lock").id.clone()
+    }
+
+    fn domain(&self) -> String {
+        self.config.read().expect("config lock").domain.clone()
+    }
+
+    fn view(&self) -> ContainerView {
+        ContainerView {
+            config: self.config.read().expect("config lock").clone(),
+            state: self.state.borrow().clone(),
+        }
+    }
+
+    fn save_state(&self) -> io::Result<()> {
+        let json = serde_json::to_vec_pretty(&*self.state.borrow()).expect("serialisable");
+        write_atomic(&self.paths.state(), &json)
+    }
+
+    /// Change the state, store it, and tell watchers.
+    fn update(&self, f: impl FnOnce(&mut ContainerState)) {
+        self.state.send_modify(f);
+        if let Err(e) = self.save_state() {
+            tracing::error!("container {}: cannot store its state: {e}", self.id());
+        }
+    }
+
+    fn refresh_from_disk(&self) {
+        if let Some(s) = std::fs::read(self.paths.state())
+            .ok()
+            .and_then(|b| serde_json::from_slice::<ContainerState>(&b).ok())
+        {
+            self.state.send_if_modified(|cur| {
+                if *cur != s {
+                    *cur = s;
+                    true
+                } else {
+                    false
+                }
+            });
+        }
+    }
+
+    /// When another process monitors this container, its state file is the truth.
+    fn refresh(&self) {
+        if !self.monitored.load(Ordering::SeqCst) {
+            self.refresh_from_disk();
+        }
+    }
+
+    fn finish_start(&self, r: Result<()>) {
+        if let Some(tx) = self.start_result.lock().expect("lock").take() {
+            let _ = tx.send(r);
+        }
+    }
+
+    fn exec_exited(&self, id: &str, code: i32) {
+        if let Some(tx) = self.exit_waiters.lock().expect("lock").remove(id) {
+            let _ = tx.send(code);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn env_merges_by_key() {
+        let m = merge_env(
+            &["PATH=/bin".into(), "A=1".into()],
+            &["A=2".into(), "B=3".into()],
+        );
+        assert_eq!(m, vec!["PATH=/bin", "A=2", "B=3"]);
+    }
+
+    #[test]
+    fn signals_parse_as_docker_does() {
+        assert_eq!(parse_signal("SIGTERM").unwrap(), 15);
+        assert_eq!(parse_signal("kill").unwrap(), 9);
+        assert_eq!(parse_signal("10").unwrap(), 10);
+        assert_eq!(
+            parse_signal("SIGNOPE").unwrap_err().message,
+            "Invalid signal: SIGNOPE"
+        );
+    }
+}
