@@ -27,7 +27,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 /// Bumped when the layout of what this crate writes changes.
-const BUILDER_VERSION: &str = "1";
+const BUILDER_VERSION: &str = "2";
 
 /// Modules the tether loads, in the order given (dependencies come first automatically).
 /// `crc32c_generic` is ext4's soft dependency (`crypto-crc32c`), which `modules.dep` omits.
@@ -251,6 +251,28 @@ pub fn extract_vmlinux(vmlinuz: &Path) -> Result<Vec<u8>> {
     Err(BootstrapError::NoPayload(vmlinuz.into()))
 }
 
+const SIG_MAGIC: &[u8] = b"~Module signature appended~\n";
+
+/// Drop a module's appended signature. The guest kernel does not enforce signatures, and
+/// checking one costs tens of milliseconds per module under TCG; the image's own hash (in its
+/// version) already pins exactly which modules it carries.
+pub fn strip_signature(module: &[u8]) -> &[u8] {
+    let Some(body) = module.strip_suffix(SIG_MAGIC) else {
+        return module;
+    };
+    if body.len() < 12 {
+        return module;
+    }
+    let info = &body[body.len() - 12..];
+    let (signer_len, key_id_len) = (info[3] as usize, info[4] as usize);
+    let sig_len = u32::from_be_bytes([info[8], info[9], info[10], info[11]]) as usize;
+    let total = 12 + sig_len + signer_len + key_id_len;
+    if total > body.len() {
+        return module;
+    }
+    &body[..body.len() - total]
+}
+
 fn sha256_hex(parts: &[&[u8]]) -> String {
     let mut h = Sha256::new();
     for p in parts {
@@ -283,7 +305,7 @@ pub fn build(root: &Path, inputs: &BuildInputs) -> Result<BootImage> {
         if !m.ends_with(".ko") {
             return Err(BootstrapError::CompressedModule(p));
         }
-        module_bytes.push(read(&p)?);
+        module_bytes.push(strip_signature(&read(&p)?).to_vec());
     }
     let tether_sha = sha256_hex(&[&tether]);
     let mut parts: Vec<&[u8]> = vec![
@@ -414,6 +436,18 @@ kernel/drivers/block/virtio_blk.ko: kernel/drivers/virtio/virtio.ko kernel/drive
             resolve_modules(DEP, &["nosuch".into()]).unwrap_err(),
             "nosuch"
         );
+    }
+
+    #[test]
+    fn signatures_are_stripped_exactly() {
+        let mut m = b"\x7fELFmodule-body".to_vec();
+        let body_len = m.len();
+        m.extend_from_slice(b"SIGNATURE");
+        m.extend_from_slice(&[0, 0, 2, 0, 0, 0, 0, 0]);
+        m.extend_from_slice(&9u32.to_be_bytes());
+        m.extend_from_slice(SIG_MAGIC);
+        assert_eq!(strip_signature(&m), &m[..body_len]);
+        assert_eq!(strip_signature(b"unsigned"), b"unsigned");
     }
 
     #[test]

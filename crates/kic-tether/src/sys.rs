@@ -52,6 +52,13 @@ pub fn load_modules() -> Result<usize, String> {
             }
         }
         n += 1;
+        if cmdline_has("kic.debug") {
+            let up = fs::read_to_string("/proc/uptime").unwrap_or_default();
+            eprintln!(
+                "kic-tether: {} loaded {path}",
+                up.split_whitespace().next().unwrap_or("?")
+            );
+        }
     }
     Ok(n)
 }
