@@ -7,7 +7,7 @@ use std::ffi::CString;
 use std::fs::{self, File};
 use std::io::{self, Write};
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use flate2::write::GzEncoder;
@@ -299,6 +299,8 @@ impl LayerWriter {
         f.flush()
             .map_err(|e| ImageError::io("write", self.tmp.path(), e))?;
         let dest = self.dir.join(digest.hex());
+        fs::set_permissions(self.tmp.path(), fs::Permissions::from_mode(0o644))
+            .map_err(|e| ImageError::io("chmod", self.tmp.path(), e))?;
         self.tmp
             .persist(&dest)
             .map_err(|e| ImageError::io("write", &dest, e.error))?;
