@@ -84,11 +84,26 @@ impl Caller {
     }
 }
 
+static HASH_COST: std::sync::OnceLock<(u32, u32)> = std::sync::OnceLock::new();
+
+/// Sets the Argon2id cost (memory in KiB, iterations) of new hashes; existing hashes keep the
+/// cost they were made with. Defaults to OWASP's 19 MiB, 2 iterations.
+pub fn set_hash_cost(memory_kib: u32, iterations: u32) {
+    let _ = HASH_COST.set((memory_kib, iterations));
+}
+
 /// Hashes a password or robot secret with Argon2id.
 pub fn hash_secret(secret: &str) -> String {
+    let (m, t) = *HASH_COST.get_or_init(|| {
+        (
+            argon2::Params::DEFAULT_M_COST,
+            argon2::Params::DEFAULT_T_COST,
+        )
+    });
+    let params = argon2::Params::new(m, t, 1, None).unwrap_or_default();
+    let a = Argon2::new(argon2::Algorithm::Argon2id, argon2::Version::V0x13, params);
     let salt = SaltString::generate(&mut OsRng);
-    Argon2::default()
-        .hash_password(secret.as_bytes(), &salt)
+    a.hash_password(secret.as_bytes(), &salt)
         .expect("argon2 hashing")
         .to_string()
 }

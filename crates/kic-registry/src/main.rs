@@ -55,6 +55,12 @@ struct ServeArgs {
     /// Run garbage collection every this many seconds (0: only via the API).
     #[arg(long, default_value_t = 0)]
     gc_interval_secs: u64,
+    /// Argon2id memory cost (KiB) for new password and secret hashes.
+    #[arg(long, default_value_t = 19456)]
+    argon2_memory_kib: u32,
+    /// Argon2id iterations for new password and secret hashes.
+    #[arg(long, default_value_t = 2)]
+    argon2_iterations: u32,
     /// Token lifetime in seconds.
     #[arg(long, default_value_t = 1800)]
     token_ttl_secs: i64,
@@ -73,6 +79,7 @@ fn main() -> anyhow::Result<()> {
         .enable_all()
         .build()?;
     rt.block_on(async move {
+        kic_registry::auth::set_hash_cost(a.argon2_memory_kib, a.argon2_iterations);
         let mut cfg = Config::new(a.data_dir, a.listen);
         cfg.tls_cert = a.tls_cert;
         cfg.tls_key = a.tls_key;

@@ -46,6 +46,8 @@ impl Server {
         cmd.args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
             .arg(data)
             .args(["--admin-password", ADMIN_PW])
+            // Cheap hashes: the debug build's Argon2 at full cost takes a second per hash.
+            .args(["--argon2-memory-kib", "256", "--argon2-iterations", "1"])
             .args(args)
             .env("KIC_LOG", "kic_registry=warn")
             .stdout(Stdio::piped())
