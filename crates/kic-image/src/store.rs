@@ -3,6 +3,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::{self, File};
 use std::io::Write;
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use futures::StreamExt;
@@ -162,6 +163,11 @@ impl ImageStore {
         let layout = Layout::new(images_root.as_ref());
         for d in layout.dirs() {
             fs::create_dir_all(&d).map_err(|e| ImageError::io("create directory", &d, e))?;
+        }
+        // QEMU (user libvirt-qemu) must reach the disks whatever our umask was.
+        for d in [layout.root().to_path_buf(), layout.disks_dir()] {
+            fs::set_permissions(&d, fs::Permissions::from_mode(0o755))
+                .map_err(|e| ImageError::io("chmod", &d, e))?;
         }
         let store = ImageStore {
             content: ContentStore::new(layout.clone()),

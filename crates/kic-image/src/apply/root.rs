@@ -200,7 +200,25 @@ impl RootDir {
                         return Ok(None);
                     }
                     match sys::mkdirat(cur.as_fd_borrowed(), &name, 0o755) {
-                        Ok(()) => {}
+                        Ok(()) => {
+                            // Implied parents are 0755 whatever the process umask is.
+                            let fd = sys::openat(
+                                cur.as_fd_borrowed(),
+                                &name,
+                                libc::O_RDONLY | libc::O_DIRECTORY,
+                                0,
+                            )
+                            .and_then(|fd| sys::fchmod(fd.as_fd_borrowed(), 0o755));
+                            if let Err(e) = fd {
+                                let mut p = real.clone();
+                                p.push(c);
+                                return Err(ImageError::io(
+                                    "chmod new directory",
+                                    self.display_path(&p),
+                                    e,
+                                ));
+                            }
+                        }
                         Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
                         Err(e) => {
                             let mut p = real.clone();
