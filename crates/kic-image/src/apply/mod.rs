@@ -67,6 +67,8 @@ const WHITEOUT_OPAQUE: &[u8] = b".wh..wh..opq";
 
 struct Applier<'a> {
     root: &'a RootDir,
+    /// Real path of the directory entries are relative to (empty: the root).
+    base: Components,
     opts: ApplyOptions,
     /// Real paths this layer created, with all their ancestors (for opaque whiteouts).
     added: HashSet<Vec<u8>>,
@@ -79,9 +81,33 @@ struct Applier<'a> {
 
 /// Applies the tar stream `reader` onto `root`. The reader is left wherever the tar ended.
 pub fn apply_tar<R: Read>(root: &RootDir, reader: R, opts: ApplyOptions) -> Result<ApplyStats> {
+    apply_tar_at(root, "", reader, opts)
+}
+
+/// Applies the tar stream under `dest`, a directory inside the root (`docker cp`'s destination,
+/// absolute or relative: both mean "inside the root"). `dest` is resolved as the guest would
+/// (symlinks followed, never out of the root) and must exist; entries are confined to the root.
+pub fn apply_tar_at<R: Read>(
+    root: &RootDir,
+    dest: &str,
+    reader: R,
+    opts: ApplyOptions,
+) -> Result<ApplyStats> {
+    let want = clean_name(
+        dest.trim_start_matches('/').as_bytes(),
+        dest,
+        "the destination",
+    )?;
+    let base = root
+        .resolve_dir(&want, false, dest)?
+        .ok_or_else(|| {
+            ImageError::Invalid(format!("destination directory {dest:?} does not exist"))
+        })?
+        .path;
     let mut archive = tar::Archive::new(reader);
     let mut ap = Applier {
         root,
+        base,
         opts,
         added: HashSet::new(),
         opaque: Vec::new(),
@@ -148,7 +174,8 @@ impl Applier<'_> {
     fn entry<R: Read>(&mut self, entry: &mut tar::Entry<'_, R>) -> Result<()> {
         let raw = entry.path_bytes().into_owned();
         let name = String::from_utf8_lossy(&raw).into_owned();
-        let comps = clean_name(&raw, &name, "its name")?;
+        let mut comps = self.base.clone();
+        comps.extend(clean_name(&raw, &name, "its name")?);
         let kind = entry.header().entry_type();
         self.stats.entries += 1;
 
@@ -327,7 +354,8 @@ impl Applier<'_> {
         let t = entry
             .link_name_bytes()
             .ok_or_else(|| ImageError::Invalid(format!("hard link {name:?} has no target")))?;
-        let c = clean_name(&t, name, "its hard-link target")?;
+        let mut c = self.base.clone();
+        c.extend(clean_name(&t, name, "its hard-link target")?);
         if c.is_empty() {
             return Err(ImageError::unsafe_entry(
                 name,

@@ -608,3 +608,51 @@ fn docker_cp_mode_keeps_whiteout_names() {
     apply_tar(&root, &tar_of(&[e(".wh.x", K::File(b"1"))])[..], opts).unwrap();
     assert!(tmp.path().join(".wh.x").exists());
 }
+
+#[test]
+fn apply_under_a_destination_directory() {
+    let tmp = tempfile::tempdir().unwrap();
+    let target = tmp.path().join("t");
+    fs::create_dir_all(target.join("real/dir")).unwrap();
+    std::os::unix::fs::symlink("/real", target.join("link")).unwrap();
+    std::os::unix::fs::symlink("../../..", target.join("real/out")).unwrap();
+    let root = RootDir::open(&target).unwrap();
+    let opts = ApplyOptions {
+        whiteouts: false,
+        preserve_owner: false,
+    };
+    // Through an absolute symlink inside the root, as `docker cp x ctr:/link/dir` would.
+    let st = apply_tar_at(
+        &root,
+        "/link/dir",
+        &tar_of(&[e("f", K::File(b"1")), e("h", K::Hard("f"))])[..],
+        opts,
+    )
+    .unwrap();
+    assert_eq!(st.entries, 2);
+    assert_eq!(fs::read(target.join("real/dir/f")).unwrap(), b"1");
+    assert_eq!(
+        fs::metadata(target.join("real/dir/h")).unwrap().ino(),
+        fs::metadata(target.join("real/dir/f")).unwrap().ino()
+    );
+    // A destination that escapes, or entries that climb above it, are refused.
+    let err = apply_tar_at(
+        &root,
+        "real/out",
+        &tar_of(&[e("x", K::File(b"1"))])[..],
+        opts,
+    )
+    .unwrap_err();
+    assert!(matches!(err, ImageError::Unsafe { .. }), "{err}");
+    let err = apply_tar_at(
+        &root,
+        "real",
+        &tar_of(&[e("../x", K::File(b"1"))])[..],
+        opts,
+    )
+    .unwrap_err();
+    assert!(matches!(err, ImageError::Unsafe { .. }), "{err}");
+    let err = apply_tar_at(&root, "nope", &tar_of(&[e("x", K::File(b"1"))])[..], opts).unwrap_err();
+    assert!(err.to_string().contains("does not exist"), "{err}");
+    assert!(!tmp.path().join("x").exists());
+}
