@@ -60,8 +60,10 @@ pub fn apply_layers(
     content: &ContentStore,
     root: &RootDir,
     layers: &[LayerRef],
+    max_bytes: Option<u64>,
     events: &mut dyn FnMut(BuildEvent),
 ) -> Result<()> {
+    let mut used = 0u64;
     for l in layers {
         let blob = content.open(&l.blob)?;
         let total = blob.metadata().map(|m| m.len()).unwrap_or(0);
@@ -79,10 +81,15 @@ pub fn apply_layers(
             },
         };
         let mut hr = HashingReader::new(decompressed(counted)?);
-        apply_tar(root, &mut hr, ApplyOptions::default()).map_err(|e| match e {
+        let opts = ApplyOptions {
+            max_bytes: max_bytes.map(|m| m.saturating_sub(used)),
+            ..ApplyOptions::default()
+        };
+        let st = apply_tar(root, &mut hr, opts).map_err(|e| match e {
             ImageError::Invalid(m) => ImageError::Invalid(format!("layer {}: {m}", l.blob)),
             e => e,
         })?;
+        used += st.bytes;
         let (got, _) = hr.finish().map_err(|e| {
             ImageError::Invalid(format!("layer {}: cannot read to its end: {e}", l.blob))
         })?;
@@ -198,7 +205,13 @@ pub fn build_disk(
     fs::set_permissions(staging.path(), fs::Permissions::from_mode(0o755))
         .map_err(|e| ImageError::io("chmod", staging.path(), e))?;
     let root = RootDir::open(staging.path())?;
-    apply_layers(&ContentStore::new(layout.clone()), &root, layers, events)?;
+    apply_layers(
+        &ContentStore::new(layout.clone()),
+        &root,
+        layers,
+        Some(size_bytes),
+        events,
+    )?;
     let size = tree_size(staging.path());
     let part = tmp.join(format!("{}.raw.part", id.hex()));
     let _ = fs::remove_file(&part);

@@ -42,6 +42,9 @@ pub struct ApplyOptions {
     pub whiteouts: bool,
     /// Set numeric owners from the archive (needs root); off to keep the caller's ids.
     pub preserve_owner: bool,
+    /// Refuse archives whose regular files hold more than this many bytes (decompression
+    /// bombs must not fill the datastore).
+    pub max_bytes: Option<u64>,
 }
 
 impl Default for ApplyOptions {
@@ -49,6 +52,7 @@ impl Default for ApplyOptions {
         ApplyOptions {
             whiteouts: true,
             preserve_owner: true,
+            max_bytes: None,
         }
     }
 }
@@ -244,7 +248,18 @@ impl Applier<'_> {
                 .map_err(|e| self.io("create file", &real, e))?;
                 // SAFETY: a fresh fd handed over to File.
                 let mut file = unsafe { File::from_raw_fd(fd.into_raw_fd()) };
-                let n = io::copy(entry, &mut file).map_err(|e| self.io("write file", &real, e))?;
+                let room = self
+                    .opts
+                    .max_bytes
+                    .map_or(u64::MAX, |m| m.saturating_sub(self.stats.bytes));
+                let n = io::copy(&mut entry.take(room.saturating_add(1)), &mut file)
+                    .map_err(|e| self.io("write file", &real, e))?;
+                if n > room {
+                    return Err(ImageError::Invalid(format!(
+                        "archive unpacks to more than {} bytes (at {name:?}); use a larger disk size",
+                        self.opts.max_bytes.unwrap_or(0)
+                    )));
+                }
                 self.stats.bytes += n;
                 self.fd_meta(&file, &meta, &real)?;
                 sys::set_mtime_at(file.as_fd_borrowed(), c"", meta.mtime)

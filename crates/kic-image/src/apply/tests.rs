@@ -604,6 +604,7 @@ fn docker_cp_mode_keeps_whiteout_names() {
     let opts = ApplyOptions {
         whiteouts: false,
         preserve_owner: false,
+        max_bytes: None,
     };
     apply_tar(&root, &tar_of(&[e(".wh.x", K::File(b"1"))])[..], opts).unwrap();
     assert!(tmp.path().join(".wh.x").exists());
@@ -620,6 +621,7 @@ fn apply_under_a_destination_directory() {
     let opts = ApplyOptions {
         whiteouts: false,
         preserve_owner: false,
+        max_bytes: None,
     };
     // Through an absolute symlink inside the root, as `docker cp x ctr:/link/dir` would.
     let st = apply_tar_at(
@@ -655,4 +657,22 @@ fn apply_under_a_destination_directory() {
     let err = apply_tar_at(&root, "nope", &tar_of(&[e("x", K::File(b"1"))])[..], opts).unwrap_err();
     assert!(err.to_string().contains("does not exist"), "{err}");
     assert!(!tmp.path().join("x").exists());
+}
+
+#[test]
+fn byte_limit_stops_bombs() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = RootDir::open(tmp.path()).unwrap();
+    let opts = ApplyOptions {
+        max_bytes: Some(5),
+        ..ApplyOptions::default()
+    };
+    apply_tar(&root, &tar_of(&[e("a", K::File(b"12345"))])[..], opts).unwrap();
+    let err = apply_tar(
+        &root,
+        &tar_of(&[e("a", K::File(b"123")), e("b", K::File(b"456"))])[..],
+        opts,
+    )
+    .unwrap_err();
+    assert!(err.to_string().contains("more than 5 bytes"), "{err}");
 }
