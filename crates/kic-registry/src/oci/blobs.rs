@@ -42,6 +42,13 @@ fn parse_range(v: &str, size: u64) -> Option<(u64, u64)> {
 pub async fn get(cx: Cx<'_>, d: &str, body: bool) -> OciResult {
     authorize(cx.st, cx.c, cx.repo, "pull").await?;
     let d = parse_digest(d)?;
+    // A HEAD may precede a push that skips this blob: the existence check and the refresh of
+    // `last_seen` happen under the GC lock, so GC cannot take the blob in between.
+    let _g = if body {
+        None
+    } else {
+        Some(cx.st.gc_lock.read().await)
+    };
     let size = cx
         .st
         .db
@@ -84,14 +91,13 @@ pub async fn get(cx: Cx<'_>, d: &str, body: bool) -> OciResult {
         );
     }
     if !body {
-        // A HEAD may precede a push that skips this blob: keep it safe from GC meanwhile.
-        let _g = cx.st.gc_lock.read().await;
+        let every = (cx.st.config.gc_grace_secs / 4).min(30);
         if cx
             .st
             .db
             .blob(d.as_str())
             .await?
-            .is_some_and(|(_, seen)| seen < crate::db::now() - 30)
+            .is_some_and(|(_, seen)| seen < crate::db::now() - every)
         {
             cx.st.db.touch_blob(d.as_str()).await?;
         }
