@@ -58,6 +58,15 @@ pub struct Registry {
 
 impl Registry {
     pub fn start(creds: Option<(&str, &str)>) -> Registry {
+        Self::start_with(creds, false)
+    }
+
+    /// A registry serving HTTPS with a fresh self-signed certificate for 127.0.0.1.
+    pub fn start_tls() -> Registry {
+        Self::start_with(None, true)
+    }
+
+    fn start_with(creds: Option<(&str, &str)>, tls: bool) -> Registry {
         let dir = tempfile::tempdir().unwrap();
         let port = free_port();
         let storage = dir.path().join("storage");
@@ -73,6 +82,34 @@ impl Registry {
             cfg.push_str(&format!(
                 "auth:\n  htpasswd:\n    realm: kic-test\n    path: {}\n",
                 htpasswd.display()
+            ));
+        }
+        if tls {
+            let (key, cert) = (dir.path().join("key.pem"), dir.path().join("cert.pem"));
+            let st = Command::new("openssl")
+                .args([
+                    "req",
+                    "-x509",
+                    "-newkey",
+                    "rsa:2048",
+                    "-nodes",
+                    "-days",
+                    "1",
+                    "-subj",
+                    "/CN=127.0.0.1",
+                ])
+                .args(["-addext", "subjectAltName=IP:127.0.0.1", "-keyout"])
+                .arg(&key)
+                .arg("-out")
+                .arg(&cert)
+                .stderr(Stdio::null())
+                .status()
+                .unwrap();
+            assert!(st.success(), "openssl req failed");
+            cfg.push_str(&format!(
+                "  tls:\n    certificate: {}\n    key: {}\n",
+                cert.display(),
+                key.display()
             ));
         }
         let cfg_path = dir.path().join("config.yml");
