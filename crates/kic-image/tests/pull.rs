@@ -163,6 +163,34 @@ async fn pull_zstd_and_uncompressed_layers() {
     assert!(debugfs(&p.disk, "cat /etc/passwd").contains("root:x:0:0"));
     // Same config, so the same image id whatever the compression.
     assert_eq!(p.id, z.id);
+
+    // Docker schema 2 (what `docker push` writes).
+    let st = std::process::Command::new("skopeo")
+        .args([
+            "copy",
+            "--quiet",
+            "--format",
+            "v2s2",
+            "--dest-tls-verify=false",
+        ])
+        .arg(format!("oci:{}:latest", layout.display()))
+        .arg(format!("docker://{}/bb:v2s2", reg.host()))
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let d = store
+        .pull(
+            &format!("{}/bb:v2s2", reg.host()),
+            &PullOptions::default(),
+            &progress,
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        layer_media_types(&root, &d),
+        vec![spec::MT_DOCKER_LAYER_GZIP]
+    );
+    assert!(debugfs(&d.disk, "cat /etc/passwd").contains("root:x:0:0"));
 }
 
 #[tokio::test]
