@@ -1,0 +1,313 @@
+//! The same registry on PostgreSQL: a real server from Debian's packages, started by the test
+//! in a temporary directory (as the `postgres` user when we are root).
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use common::*;
+use reqwest::{Method, StatusCode};
+use serde_json::json;
+
+struct Pg {
+    dir: tempfile::TempDir,
+    bin: PathBuf,
+    port: u16,
+    as_postgres: bool,
+}
+
+fn pg_bin() -> PathBuf {
+    let mut versions: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
+        .map(|rd| {
+            rd.filter_map(|e| e.ok())
+                .map(|e| e.path().join("bin"))
+                .filter(|p| p.join("initdb").exists())
+                .collect()
+        })
+        .unwrap_or_default();
+    versions.sort();
+    versions
+        .pop()
+        .expect("PostgreSQL server binaries not found: run tests/registry/deps.sh")
+}
+
+impl Pg {
+    fn run(&self, tool: &str, args: &[&str]) {
+        let exe = self.bin.join(tool);
+        let mut cmd = if self.as_postgres {
+            let mut c = Command::new("runuser");
+            c.args(["-u", "postgres", "--"]).arg(&exe);
+            c
+        } else {
+            Command::new(&exe)
+        };
+        let out = cmd
+            .args(args)
+            .current_dir(self.dir.path())
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{tool} {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    fn start() -> Pg {
+        let dir = tempfile::tempdir().unwrap();
+        let as_postgres = nix_is_root();
+        if as_postgres {
+            let ok = Command::new("chown")
+                .args(["-R", "postgres:postgres"])
+                .arg(dir.path())
+                .status()
+                .unwrap()
+                .success();
+            assert!(ok, "chown to postgres");
+        }
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let pg = Pg {
+            dir,
+            bin: pg_bin(),
+            port,
+            as_postgres,
+        };
+        let data = pg.dir.path().join("data");
+        let data = data.to_str().unwrap();
+        pg.run(
+            "initdb",
+            &[
+                "-D",
+                data,
+                "-A",
+                "trust",
+                "-U",
+                "postgres",
+                "-E",
+                "UTF8",
+                "--no-sync",
+            ],
+        );
+        let opts = format!(
+            "-p {port} -k {} -c listen_addresses=127.0.0.1 -c fsync=off",
+            pg.dir.path().display()
+        );
+        let log = pg.dir.path().join("log");
+        pg.run(
+            "pg_ctl",
+            &[
+                "-D",
+                data,
+                "-l",
+                log.to_str().unwrap(),
+                "-w",
+                "-o",
+                &opts,
+                "start",
+            ],
+        );
+        pg
+    }
+
+    fn url(&self) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
+    }
+}
+
+impl Drop for Pg {
+    fn drop(&mut self) {
+        let data = self.dir.path().join("data");
+        self.run(
+            "pg_ctl",
+            &["-D", data.to_str().unwrap(), "-m", "immediate", "stop"],
+        );
+    }
+}
+
+fn nix_is_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+        .unwrap_or(false)
+}
+
+fn exists(p: &Path) -> bool {
+    p.exists()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn registry_on_postgresql() {
+    let pg = Pg::start();
+    let url = pg.url();
+    let mut srv = Server::start_with(&["--database-url", &url, "--gc-grace-secs", "1"]);
+    assert!(
+        !exists(&srv.data.join("registry.db")),
+        "no SQLite file with PostgreSQL"
+    );
+    let a = srv.admin();
+    assert_eq!(
+        a.json("/api/v2.0/systeminfo").await["database"],
+        "postgresql"
+    );
+    a.create_project("library", true).await;
+    a.create_project("team", false).await;
+    a.create_user("guest").await;
+    a.add_member("team", "guest", 3).await;
+
+    // skopeo in and out, including the multi-arch index.
+    let tmp = tempfile::tempdir().unwrap();
+    test_layout(&tmp.path().join("src"));
+    let creds = format!("admin:{ADMIN_PW}");
+    for (tag, dst, all) in [
+        ("busybox", "library/busybox:1", false),
+        ("multi", "team/multi:1", true),
+    ] {
+        let src = format!("oci:{}:{tag}", tmp.path().join("src").display());
+        let dst = format!("docker://{}/{dst}", srv.host);
+        let mut args = vec!["copy", "--dest-tls-verify=false", "--dest-creds", &creds];
+        if all {
+            args.push("--all");
+        }
+        args.extend([src.as_str(), dst.as_str()]);
+        let (ok, err) = skopeo(tmp.path(), &args);
+        assert!(ok, "push {tag}: {err}");
+    }
+    let dst = format!("docker://{}/team/multi:1", srv.host);
+    let (ok, err) = skopeo(
+        tmp.path(),
+        &[
+            "inspect",
+            "--tls-verify=false",
+            "--creds",
+            "guest:Passw0rd!",
+            &dst,
+        ],
+    );
+    assert!(ok, "guest pull: {err}");
+    let src = format!("oci:{}:busybox", tmp.path().join("src").display());
+    let (ok, _) = skopeo(
+        tmp.path(),
+        &[
+            "copy",
+            "--dest-tls-verify=false",
+            "--dest-creds",
+            "guest:Passw0rd!",
+            &src,
+            &dst,
+        ],
+    );
+    assert!(!ok, "guest push refused");
+
+    // Spec paths that exercise most queries.
+    let subject = a.push_image("team/app", "v1", b"pg-layer").await;
+    let empty = a.push_blob("team/app", b"{}").await;
+    let sig = json!({"schemaVersion": 2, "mediaType": OCI_MANIFEST, "artifactType": "application/x-sig",
+        "config": {"mediaType": "application/vnd.oci.empty.v1+json", "digest": empty, "size": 2}, "layers": [],
+        "subject": {"mediaType": OCI_MANIFEST, "digest": subject, "size": 1}});
+    let b = serde_json::to_vec(&sig).unwrap();
+    assert_eq!(
+        a.push_manifest("team/app", &sha(&b), OCI_MANIFEST, &b)
+            .await
+            .status(),
+        StatusCode::CREATED
+    );
+    let refs = a
+        .json(&format!(
+            "/v2/team/app/referrers/{subject}?artifactType=application/x-sig"
+        ))
+        .await;
+    assert_eq!(refs["manifests"].as_array().unwrap().len(), 1);
+    assert_eq!(
+        a.json("/v2/_catalog").await["repositories"],
+        json!(["library/busybox", "team/app", "team/multi"])
+    );
+    let arts = a
+        .json("/api/v2.0/projects/team/repositories/multi/artifacts")
+        .await;
+    assert_eq!(
+        arts.as_array().unwrap().len(),
+        3,
+        "index and its two children"
+    );
+    let r = a
+        .post_json("/api/v2.0/robots", json!({"name": "ci", "level": "project", "duration": -1, "permissions": [
+            {"kind": "project", "namespace": "team", "access": [{"resource": "repository", "action": "pull"}]}]}))
+        .await;
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let rb: serde_json::Value = r.json().await.unwrap();
+    let robot = srv
+        .client()
+        .basic(rb["name"].as_str().unwrap(), rb["secret"].as_str().unwrap());
+    assert_eq!(
+        robot.get("/v2/team/app/manifests/v1").await.status(),
+        StatusCode::OK
+    );
+    assert_eq!(
+        robot
+            .req(Method::POST, "/v2/team/app/blobs/uploads/")
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        StatusCode::FORBIDDEN
+    );
+
+    // GC on PostgreSQL.
+    let orphan = a.push_blob("team/junk", b"pg-orphan").await;
+    tokio::time::sleep(std::time::Duration::from_millis(2100)).await;
+    let r = a
+        .req(Method::POST, "/api/v2.0/system/gc/schedule")
+        .json(&json!({}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::CREATED);
+    assert_eq!(
+        a.req(Method::HEAD, &format!("/v2/team/junk/blobs/{orphan}"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        StatusCode::NOT_FOUND
+    );
+    assert_eq!(
+        a.get(&format!("/v2/team/app/manifests/{subject}"))
+            .await
+            .status(),
+        StatusCode::OK
+    );
+
+    // Everything survives a kill -9 of the registry.
+    srv.restart();
+    let a = srv.admin();
+    assert_eq!(
+        a.json("/v2/team/app/tags/list").await["tags"],
+        json!(["v1"])
+    );
+    let logs = a.json("/api/v2.0/audit-logs?page_size=100").await;
+    assert!(logs
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|l| l["operation"] == "push" && l["resource"] == "library/busybox:1"));
+    let dst = format!("docker://{}/team/multi:1", srv.host);
+    let (ok, err) = skopeo(
+        tmp.path(),
+        &[
+            "copy",
+            "--all",
+            "--src-tls-verify=false",
+            "--src-creds",
+            &creds,
+            &dst,
+            &format!("oci:{}:out", tmp.path().join("out").display()),
+        ],
+    );
+    assert!(ok, "pull after restart: {err}");
+}
