@@ -987,6 +987,12 @@ impl PortLayer {
             self.inner.hv.destroy(&ctr.domain()).await?;
             self.wait_not_running(&ctr, Duration::from_secs(10)).await;
         }
+        // An exited container's VM may still be shutting down: let its monitor finish, and
+        // make sure no VM outlives its definition.
+        self.settle(&id, Duration::from_secs(10)).await;
+        if self.inner.hv.is_active(&ctr.domain()).await.unwrap_or(false) {
+            self.inner.hv.destroy(&ctr.domain()).await?;
+        }
         ctr.update(|s| s.status = Status::Dead);
         self.inner.hv.undefine(&ctr.domain()).await?;
         std::fs::remove_dir_all(&ctr.paths.dir)
