@@ -246,6 +246,15 @@ impl FromRequestParts<St> for Caller {
             a.strip_prefix("Bearer ")
                 .or_else(|| a.strip_prefix("bearer "))
         }) {
+            // Registry tokens are for `/v2` only; the Harbor API takes basic credentials.
+            let path = parts
+                .extensions
+                .get::<axum::extract::OriginalUri>()
+                .map(|u| u.0.path().to_string())
+                .unwrap_or_else(|| parts.uri.path().to_string());
+            if !path.starts_with("/v2") {
+                return Err(ApiError::unauthorized());
+            }
             let claims = st
                 .signer
                 .verify(tok.trim(), &st.config.service)

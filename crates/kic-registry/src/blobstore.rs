@@ -287,8 +287,8 @@ impl BlobStore {
                 .and_then(|m| m.modified())
                 .ok()
                 .and_then(|t| t.elapsed().ok());
-            if age.is_some_and(|a| a > max_age) && !self.sessions.lock().unwrap().contains_key(&id)
-            {
+            if age.is_some_and(|a| a > max_age) {
+                self.sessions.lock().unwrap().remove(&id);
                 let _ = fs::remove_dir_all(e.path()).await;
                 n += 1;
             }

@@ -144,6 +144,15 @@ async fn token_service_trims_actions() {
         .await
         .unwrap();
     assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+    // Registry tokens do not open the Harbor API.
+    let r = srv
+        .client()
+        .req(Method::GET, "/api/v2.0/users/current")
+        .bearer_auth(&t)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
     // OAuth2 password grant (docker login's first try).
     let r = srv
         .client()
