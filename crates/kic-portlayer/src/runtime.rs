@@ -990,7 +990,13 @@ impl PortLayer {
         // An exited container's VM may still be shutting down: let its monitor finish, and
         // make sure no VM outlives its definition.
         self.settle(&id, Duration::from_secs(10)).await;
-        if self.inner.hv.is_active(&ctr.domain()).await.unwrap_or(false) {
+        if self
+            .inner
+            .hv
+            .is_active(&ctr.domain())
+            .await
+            .unwrap_or(false)
+        {
             self.inner.hv.destroy(&ctr.domain()).await?;
         }
         ctr.update(|s| s.status = Status::Dead);

@@ -21,11 +21,18 @@ struct Setup {
 static SETUP: OnceLock<Setup> = OnceLock::new();
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 fn env_path(name: &str) -> PathBuf {
-    PathBuf::from(std::env::var(name).unwrap_or_else(|_| panic!("{name} is not set: run the VM tests through `make test`")))
+    PathBuf::from(
+        std::env::var(name)
+            .unwrap_or_else(|_| panic!("{name} is not set: run the VM tests through `make test`")),
+    )
 }
 
 fn config(datastore: &Path, vch: &str) -> Config {
@@ -105,7 +112,9 @@ fn setup() -> &'static Setup {
 
 async fn port_layer(vch: &str) -> PortLayer {
     let s = setup();
-    PortLayer::open(config(&s.datastore, vch)).await.expect("port layer")
+    PortLayer::open(config(&s.datastore, vch))
+        .await
+        .expect("port layer")
 }
 
 fn sh(script: &str) -> Option<Vec<String>> {
@@ -169,13 +178,29 @@ async fn env_workdir_and_user_are_honoured() {
     let (out, err, code) = run(&pl, req).await;
     assert_eq!(String::from_utf8_lossy(&err), "");
     assert_eq!(code, 0);
-    assert_eq!(String::from_utf8_lossy(&out), "bar baz\n/tmp/work\n1000\n1000\n/home/user\nbox1\nbox1\n");
+    assert_eq!(
+        String::from_utf8_lossy(&out),
+        "bar baz\n/tmp/work\n1000\n1000\n/home/user\nbox1\nbox1\n"
+    );
     // By name, and an unknown name fails the start as Docker says.
-    let req = CreateRequest { image: setup().busybox.clone(), cmd: sh("id -un; echo $HOME"), user: Some("user".into()), ..Default::default() };
+    let req = CreateRequest {
+        image: setup().busybox.clone(),
+        cmd: sh("id -un; echo $HOME"),
+        user: Some("user".into()),
+        ..Default::default()
+    };
     let (out, _, code) = run(&pl, req).await;
-    assert_eq!((String::from_utf8_lossy(&out).as_ref(), code), ("user\n/home/user\n", 0));
+    assert_eq!(
+        (String::from_utf8_lossy(&out).as_ref(), code),
+        ("user\n/home/user\n", 0)
+    );
     let v = pl
-        .create(CreateRequest { image: setup().busybox.clone(), cmd: sh("true"), user: Some("nobody-here".into()), ..Default::default() })
+        .create(CreateRequest {
+            image: setup().busybox.clone(),
+            cmd: sh("true"),
+            user: Some("nobody-here".into()),
+            ..Default::default()
+        })
         .await
         .unwrap();
     let e = pl.start(&v.config.id).await.unwrap_err();
@@ -189,7 +214,11 @@ async fn exec_tty_kill_and_no_image_copy() {
     let s = setup();
     let pl = port_layer("vmtest-exec").await;
     let v = pl
-        .create(CreateRequest { image: s.busybox.clone(), cmd: sh("echo started; exec sleep 600"), ..Default::default() })
+        .create(CreateRequest {
+            image: s.busybox.clone(),
+            cmd: sh("echo started; exec sleep 600"),
+            ..Default::default()
+        })
         .await
         .unwrap();
     let id = v.config.id.clone();
@@ -203,42 +232,110 @@ async fn exec_tty_kill_and_no_image_copy() {
         ..Default::default()
     };
     for code in [0, 1, 3] {
-        let p = pl.exec(&id, exec(&["sh", "-c", &format!("echo out{code}; echo err{code} >&2; exit {code}")], false)).await.unwrap();
+        let p = pl
+            .exec(
+                &id,
+                exec(
+                    &[
+                        "sh",
+                        "-c",
+                        &format!("echo out{code}; echo err{code} >&2; exit {code}"),
+                    ],
+                    false,
+                ),
+            )
+            .await
+            .unwrap();
         let (o, e, c) = p.collect().await;
-        assert_eq!((o, e, c), (format!("out{code}\n").into_bytes(), format!("err{code}\n").into_bytes(), code));
+        assert_eq!(
+            (o, e, c),
+            (
+                format!("out{code}\n").into_bytes(),
+                format!("err{code}\n").into_bytes(),
+                code
+            )
+        );
     }
     // A terminal: the process sees one, and its output comes as one stream.
-    let p = pl.exec(&id, exec(&["sh", "-c", "tty; test -t 0 && test -t 1 && echo is-a-tty"], true)).await.unwrap();
+    let p = pl
+        .exec(
+            &id,
+            exec(
+                &["sh", "-c", "tty; test -t 0 && test -t 1 && echo is-a-tty"],
+                true,
+            ),
+        )
+        .await
+        .unwrap();
     let (o, _, c) = p.collect().await;
     let o = String::from_utf8_lossy(&o);
     assert!(o.contains("/dev/pts/") && o.contains("is-a-tty"), "{o}");
     assert_eq!(c, 0);
     // stdin, explicitly closed.
-    let mut p = pl.exec(&id, ProcessSpec { stdin: true, ..exec(&["sh", "-c", "wc -c; cat"], false) }).await.unwrap();
+    let mut p = pl
+        .exec(
+            &id,
+            ProcessSpec {
+                stdin: true,
+                ..exec(&["sh", "-c", "wc -c; cat"], false)
+            },
+        )
+        .await
+        .unwrap();
     let mut w = p.stdin.take().unwrap();
     w.write(b"hello stdin\n").await.unwrap();
     w.close().await.unwrap();
     let (o, _, c) = p.collect().await;
     assert_eq!((String::from_utf8_lossy(&o).trim(), c), ("12", 0));
     // A missing program: Docker's wording and 127.
-    let e = pl.exec(&id, exec(&["no-such-program"], false)).await.err().unwrap();
+    let e = pl
+        .exec(&id, exec(&["no-such-program"], false))
+        .await
+        .err()
+        .unwrap();
     assert_eq!(e.exit_code, Some(127));
-    assert!(e.message.contains("executable file not found in $PATH"), "{e}");
+    assert!(
+        e.message.contains("executable file not found in $PATH"),
+        "{e}"
+    );
     // top sees the main process.
     let (titles, rows) = pl.top(&id).await.unwrap();
     assert_eq!(titles[1], "PID");
-    assert!(rows.iter().any(|r| r.last().is_some_and(|c| c.contains("sleep 600"))), "{rows:?}");
+    assert!(
+        rows.iter()
+            .any(|r| r.last().is_some_and(|c| c.contains("sleep 600"))),
+        "{rows:?}"
+    );
 
     // A second container of the same image copies none of it.
     let image_disk = v.config.image_disk.clone();
     let before = du(&s.datastore);
-    let v2 = pl.create(CreateRequest { image: s.busybox.clone(), cmd: sh("true"), ..Default::default() }).await.unwrap();
+    let v2 = pl
+        .create(CreateRequest {
+            image: s.busybox.clone(),
+            cmd: sh("true"),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
     assert_eq!(v2.config.image_disk, image_disk);
     let added = du(&s.datastore).saturating_sub(before);
     assert!(added < 2 << 20, "a second container added {added} bytes");
-    let backing = Command::new("qemu-img").args(["info", "--output=json"]).arg(s.datastore.join("containers").join(&v2.config.id).join("disk.qcow2")).output().unwrap();
+    let backing = Command::new("qemu-img")
+        .args(["info", "--output=json"])
+        .arg(
+            s.datastore
+                .join("containers")
+                .join(&v2.config.id)
+                .join("disk.qcow2"),
+        )
+        .output()
+        .unwrap();
     let info: serde_json::Value = serde_json::from_slice(&backing.stdout).unwrap();
-    assert_eq!(info["full-backing-filename"].as_str().map(PathBuf::from), Some(image_disk));
+    assert_eq!(
+        info["full-backing-filename"].as_str().map(PathBuf::from),
+        Some(image_disk)
+    );
     pl.remove(&v2.config.id, false).await.unwrap();
 
     // Killed: 137, and the output before it is kept.
@@ -253,8 +350,17 @@ async fn exec_tty_kill_and_no_image_copy() {
 
 fn du(p: &Path) -> u64 {
     // Allocated bytes, not apparent: sparse image disks count only what they use.
-    let o = Command::new("du").args(["-s", "--block-size=1"]).arg(p).output().unwrap();
-    String::from_utf8_lossy(&o.stdout).split_whitespace().next().unwrap().parse().unwrap()
+    let o = Command::new("du")
+        .args(["-s", "--block-size=1"])
+        .arg(p)
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&o.stdout)
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -270,12 +376,20 @@ async fn main_process_with_a_terminal_and_stdin() {
     let (out, err, code) = run(&pl, req).await;
     let out = String::from_utf8_lossy(&out);
     assert!(out.contains("/dev/pts/0"), "{out}");
-    assert!(out.contains("is-a-tty") && out.contains("TERM=xterm"), "{out}");
+    assert!(
+        out.contains("is-a-tty") && out.contains("TERM=xterm"),
+        "{out}"
+    );
     assert!(err.is_empty());
     assert_eq!(code, 0);
     // stdin to the main process.
     let v = pl
-        .create(CreateRequest { image: setup().busybox.clone(), cmd: sh("read line; echo got:$line"), open_stdin: true, ..Default::default() })
+        .create(CreateRequest {
+            image: setup().busybox.clone(),
+            cmd: sh("read line; echo got:$line"),
+            open_stdin: true,
+            ..Default::default()
+        })
         .await
         .unwrap();
     pl.start(&v.config.id).await.unwrap();
@@ -294,11 +408,18 @@ async fn debian_image_runs() {
         panic!("the debian test image was not built (make test builds it)");
     };
     let pl = port_layer("vmtest-debian").await;
-    let req = CreateRequest { image: debian, cmd: sh("cat /etc/debian_version; dpkg-query -W -f='${Package}\\n' base-files"), ..Default::default() };
+    let req = CreateRequest {
+        image: debian,
+        cmd: sh("cat /etc/debian_version; dpkg-query -W -f='${Package}\\n' base-files"),
+        ..Default::default()
+    };
     let (out, err, code) = run(&pl, req).await;
     assert_eq!(code, 0, "{}", String::from_utf8_lossy(&err));
     let out = String::from_utf8_lossy(&out);
-    assert!(out.lines().next().is_some_and(|l| l.starts_with("12")), "{out}");
+    assert!(
+        out.lines().next().is_some_and(|l| l.starts_with("12")),
+        "{out}"
+    );
     assert!(out.contains("base-files"));
 }
 
@@ -311,13 +432,23 @@ async fn host_process_killed_mid_run_loses_nothing() {
     let kicctl = env!("CARGO_BIN_EXE_kicctl");
     let name = format!("survivor{}", std::process::id());
     let base = |c: &mut Command| {
-        c.env("KIC_DATASTORE", &s.datastore).env("KIC_VCH", "vmtest-survive").env("KIC_TETHER", env_path("KIC_TETHER"));
+        c.env("KIC_DATASTORE", &s.datastore)
+            .env("KIC_VCH", "vmtest-survive")
+            .env("KIC_TETHER", env_path("KIC_TETHER"));
     };
     let mut run = Command::new(kicctl);
     base(&mut run);
-    run.args(["run", "--name", &name, &s.busybox, "sh", "-c", "for i in $(seq 1 40); do echo line$i; sleep 0.1; done; exit 7"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null());
+    run.args([
+        "run",
+        "--name",
+        &name,
+        &s.busybox,
+        "sh",
+        "-c",
+        "for i in $(seq 1 40); do echo line$i; sleep 0.1; done; exit 7",
+    ])
+    .stdout(Stdio::piped())
+    .stderr(Stdio::null());
     let mut child = run.spawn().unwrap();
     // Wait for the first lines, then kill the host process hard.
     let mut stdout = child.stdout.take().unwrap();
@@ -326,14 +457,32 @@ async fn host_process_killed_mid_run_loses_nothing() {
     while !String::from_utf8_lossy(&seen).contains("line3\n") {
         use std::io::Read;
         let n = stdout.read(&mut buf).unwrap();
-        assert!(n > 0, "kicctl run ended early: {}", String::from_utf8_lossy(&seen));
+        assert!(
+            n > 0,
+            "kicctl run ended early: {}",
+            String::from_utf8_lossy(&seen)
+        );
         seen.extend_from_slice(&buf[..n]);
     }
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), nix::sys::signal::Signal::SIGKILL).unwrap();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
     let _ = child.wait();
     // The container keeps running without a host.
-    let ps = Command::new(kicctl).args(["ps"]).env("KIC_DATASTORE", &s.datastore).env("KIC_VCH", "vmtest-survive").env("KIC_TETHER", env_path("KIC_TETHER")).output().unwrap();
-    assert!(String::from_utf8_lossy(&ps.stdout).contains("running"), "{}", String::from_utf8_lossy(&ps.stdout));
+    let ps = Command::new(kicctl)
+        .args(["ps"])
+        .env("KIC_DATASTORE", &s.datastore)
+        .env("KIC_VCH", "vmtest-survive")
+        .env("KIC_TETHER", env_path("KIC_TETHER"))
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&ps.stdout).contains("running"),
+        "{}",
+        String::from_utf8_lossy(&ps.stdout)
+    );
     // A new host process follows the log to the end.
     let mut logs = Command::new(kicctl);
     base(&mut logs);
