@@ -936,13 +936,21 @@ impl Db {
     }
 
     /// Adds `n` to a repository's pull counter.
-    pub async fn add_pulls(&self, repo: &str, n: i64) -> Result<()> {
+    /// Adds `n` pulls of artifact `artifact_id` to its repository's counter and stamps the
+    /// artifact's pull time.
+    pub async fn add_pulls(&self, repo: &str, artifact_id: i64, n: i64) -> Result<()> {
+        let mut tx = self.begin().await?;
         sqlx::query("UPDATE repositories SET pull_count = pull_count + $1 WHERE name = $2")
             .bind(n)
             .bind(repo)
-            .execute(&self.pool)
+            .execute(&mut *tx.tx)
             .await?;
-        Ok(())
+        sqlx::query("UPDATE artifacts SET pull_time = $1 WHERE id = $2")
+            .bind(now())
+            .bind(artifact_id)
+            .execute(&mut *tx.tx)
+            .await?;
+        tx.commit().await
     }
 
     // ---- blobs -------------------------------------------------------------------------

@@ -29,7 +29,7 @@ pub struct AppState {
     /// it re-checks and deletes a batch. See [`crate::gc`].
     pub gc_lock: RwLock<()>,
     /// Pull counts not yet written to the database.
-    pub pulls: Mutex<HashMap<String, i64>>,
+    pub pulls: Mutex<HashMap<(String, i64), i64>>,
     /// Report of the last garbage collection.
     pub last_gc: Mutex<Option<crate::gc::GcReport>>,
 }
@@ -120,19 +120,19 @@ impl AppState {
     }
 
     /// Counts a pull; counts reach the database in batches.
-    pub fn count_pull(&self, repo: &str) {
+    pub fn count_pull(&self, repo: &str, artifact_id: i64) {
         *self
             .pulls
             .lock()
             .unwrap()
-            .entry(repo.to_string())
+            .entry((repo.to_string(), artifact_id))
             .or_default() += 1;
     }
 
     pub async fn flush_pulls(&self) {
         let pulls = std::mem::take(&mut *self.pulls.lock().unwrap());
-        for (repo, n) in pulls {
-            let _ = self.db.add_pulls(&repo, n).await;
+        for ((repo, artifact), n) in pulls {
+            let _ = self.db.add_pulls(&repo, artifact, n).await;
         }
     }
 }

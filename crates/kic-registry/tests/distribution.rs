@@ -703,3 +703,61 @@ async fn referrers_with_artifact_type_filter() {
         "DIGEST_INVALID"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn concurrent_pushes_of_the_same_blob() {
+    let (_srv, a) = setup().await;
+    let data: Vec<u8> = (0..3_000_000u32)
+        .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
+        .collect();
+    let d = sha(&data);
+    let mut tasks = vec![];
+    for i in 0..8 {
+        let (a, data, d) = (a.clone(), data.clone(), d.clone());
+        tasks.push(tokio::spawn(async move {
+            let repo = if i % 2 == 0 {
+                "p/same".to_string()
+            } else {
+                format!("p/r{i}")
+            };
+            let r = a
+                .req(Method::POST, &format!("/v2/{repo}/blobs/uploads/"))
+                .send()
+                .await
+                .unwrap();
+            let mut loc = r.headers()["location"].to_str().unwrap().to_string();
+            for (n, chunk) in data.chunks(700_000).enumerate() {
+                let start = n * 700_000;
+                let r = a
+                    .req(Method::PATCH, &loc)
+                    .header(
+                        "content-range",
+                        format!("{start}-{}", start + chunk.len() - 1),
+                    )
+                    .body(chunk.to_vec())
+                    .send()
+                    .await
+                    .unwrap();
+                assert_eq!(r.status(), StatusCode::ACCEPTED);
+                loc = r.headers()["location"].to_str().unwrap().to_string();
+            }
+            let r = a
+                .req(Method::PUT, &format!("{loc}?digest={d}"))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), StatusCode::CREATED);
+            repo
+        }));
+    }
+    for t in tasks {
+        let repo = t.await.unwrap();
+        let got = a
+            .get(&format!("/v2/{repo}/blobs/{d}"))
+            .await
+            .bytes()
+            .await
+            .unwrap();
+        assert_eq!(sha(&got), d);
+    }
+}

@@ -57,7 +57,7 @@ pub async fn get(cx: Cx<'_>, reference: &str, body: bool) -> OciResult {
             .read_all(&d)
             .await
             .map_err(|_| OciError::new(OciCode::ManifestUnknown))?;
-        cx.st.count_pull(cx.repo);
+        cx.st.count_pull(cx.repo, a.id);
         let resource = match &r {
             Reference::Tag(t) => format!("{}:{t}", cx.repo),
             Reference::Digest(d) => format!("{}@{d}", cx.repo),
