@@ -144,7 +144,7 @@ pub fn newest_kernel(sysroot: &Path) -> Result<String> {
                 .exists()
         })
         .collect();
-    releases.sort_by(|a, b| version_key(a).cmp(&version_key(b)));
+    releases.sort_by_key(|r| version_key(r));
     releases.pop().ok_or(BootstrapError::NoKernel)
 }
 

@@ -42,7 +42,7 @@ impl LogWriter {
             pos: 0,
         };
         reader.file.seek(SeekFrom::Start(0))?;
-        while let Some(r) = reader.next()? {
+        while let Some(r) = reader.next_record()? {
             offsets[(r.stream as usize).min(2)] += r.data.len() as u64;
         }
         let good = reader.pos;
@@ -88,7 +88,7 @@ impl LogReader {
         })
     }
 
-    pub fn next(&mut self) -> io::Result<Option<LogRecord>> {
+    pub fn next_record(&mut self) -> io::Result<Option<LogRecord>> {
         self.file.seek(SeekFrom::Start(self.pos))?;
         let mut h = [0u8; HEADER];
         if !read_full(&mut self.file, &mut h)? {
@@ -142,7 +142,7 @@ mod tests {
         assert_eq!((w.offset(1), w.offset(2)), (12, 5));
         let mut r = LogReader::open(&p).unwrap();
         let mut out = Vec::new();
-        while let Some(rec) = r.next().unwrap() {
+        while let Some(rec) = r.next_record().unwrap() {
             out.push((rec.stream, rec.data));
         }
         assert_eq!(
@@ -153,6 +153,6 @@ mod tests {
                 (1, b"world\n".to_vec())
             ]
         );
-        assert!(r.next().unwrap().is_none());
+        assert!(r.next_record().unwrap().is_none());
     }
 }

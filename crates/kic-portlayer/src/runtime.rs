@@ -1024,7 +1024,7 @@ impl PortLayer {
         let mut reader =
             LogReader::open(&ctr.paths.log()).map_err(io_err("open the container log"))?;
         if from_end {
-            while let Ok(Some(_)) = reader.next() {}
+            while let Ok(Some(_)) = reader.next_record() {}
         }
         let (tx, rx) = mpsc::channel(64);
         tokio::spawn(async move {
@@ -1035,14 +1035,9 @@ impl PortLayer {
                 // Take the state before reading: if it says stopped, what follows is complete.
                 ctr.refresh();
                 let running = ctr.state.borrow().running();
-                loop {
-                    match reader.next() {
-                        Ok(Some(r)) => {
-                            if tx.send(r).await.is_err() {
-                                return;
-                            }
-                        }
-                        _ => break,
+                while let Ok(Some(r)) = reader.next_record() {
+                    if tx.send(r).await.is_err() {
+                        return;
                     }
                 }
                 if !follow || !running {

@@ -140,7 +140,7 @@ pub async fn guest<T: AsyncRead + AsyncWrite + Unpin>(mut io: T) -> io::Result<R
         loop {
             if let Some(p) = find(&buf, SYNC) {
                 let start = p + SYNC.len();
-                if buf.len() >= start + NONCE_LEN + 1 {
+                if buf.len() > start + NONCE_LEN {
                     let nonce = buf[start..start + NONCE_LEN].to_vec();
                     let rest = buf.split_off(start + NONCE_LEN + 1);
                     let mut ack = ACK.to_vec();

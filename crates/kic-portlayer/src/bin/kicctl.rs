@@ -332,8 +332,8 @@ async fn real_main() -> Result<i32> {
         }
         Cmd::Ps => {
             println!(
-                "{:<14}{:<24}{:<10}{:<6}{}",
-                "ID", "NAME", "STATUS", "EXIT", "IMAGE"
+                "{:<14}{:<24}{:<10}{:<6}IMAGE",
+                "ID", "NAME", "STATUS", "EXIT"
             );
             for v in pl.list() {
                 let exit = v.state.exit_code.map(|c| c.to_string()).unwrap_or_default();
