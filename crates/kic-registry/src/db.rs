@@ -1316,21 +1316,110 @@ impl Db {
         tx.commit().await
     }
 
-    /// Audit records, newest first, optionally of one project only.
-    pub async fn audit_logs(&self, project_id: Option<i64>) -> Result<Vec<AuditLog>> {
-        let rows = match project_id {
-            Some(p) => {
-                sqlx::query("SELECT * FROM audit_logs WHERE project_id = $1 ORDER BY id DESC")
-                    .bind(p)
-                    .fetch_all(&self.pool)
-                    .await?
-            }
-            None => {
-                sqlx::query("SELECT * FROM audit_logs ORDER BY id DESC")
-                    .fetch_all(&self.pool)
-                    .await?
-            }
+    /// One page of audit records matching `conds`, newest first (oldest first with
+    /// `ascending`), limited to `projects` when given; also returns the total match count.
+    pub async fn audit_page(
+        &self,
+        projects: Option<&[i64]>,
+        conds: &[(&'static str, Cond)],
+        ascending: bool,
+        offset: i64,
+        limit: i64,
+    ) -> Result<(Vec<AuditLog>, i64)> {
+        let mut wheres = vec![];
+        let mut binds: Vec<Bind> = vec![];
+        let ph = |b: Bind, binds: &mut Vec<Bind>| {
+            binds.push(b);
+            format!("${}", binds.len())
         };
-        rows.iter().map(audit_row).collect()
+        if let Some(ps) = projects {
+            if ps.is_empty() {
+                return Ok((vec![], 0));
+            }
+            let list: Vec<String> = ps.iter().map(|p| ph(Bind::I(*p), &mut binds)).collect();
+            wheres.push(format!("project_id IN ({})", list.join(", ")));
+        }
+        for (col, c) in conds {
+            match c {
+                Cond::Eq(v) => {
+                    wheres.push(format!("{col} = {}", ph(Bind::S(v.clone()), &mut binds)))
+                }
+                Cond::Contains(v) => {
+                    let esc = v
+                        .to_lowercase()
+                        .replace('\\', "\\\\")
+                        .replace('%', "\\%")
+                        .replace('_', "\\_");
+                    wheres.push(format!(
+                        "LOWER({col}) LIKE {} ESCAPE '\\'",
+                        ph(Bind::S(format!("%{esc}%")), &mut binds)
+                    ));
+                }
+                Cond::AnyOf(vs) => {
+                    let list: Vec<String> = vs
+                        .iter()
+                        .map(|v| ph(Bind::S(v.clone()), &mut binds))
+                        .collect();
+                    wheres.push(format!("{col} IN ({})", list.join(", ")));
+                }
+                Cond::Between(a, b) => {
+                    if let Some(a) = a {
+                        wheres.push(format!("{col} >= {}", ph(Bind::I(*a), &mut binds)));
+                    }
+                    if let Some(b) = b {
+                        wheres.push(format!("{col} <= {}", ph(Bind::I(*b), &mut binds)));
+                    }
+                }
+            }
+        }
+        let filter = if wheres.is_empty() {
+            String::new()
+        } else {
+            format!(" WHERE {}", wheres.join(" AND "))
+        };
+        let order = if ascending { "ASC" } else { "DESC" };
+        let count_sql = format!("SELECT COUNT(*) AS n FROM audit_logs{filter}");
+        let mut q = sqlx::query(&count_sql);
+        for b in &binds {
+            q = b.bind(q);
+        }
+        let total: i64 = q.fetch_one(&self.pool).await?.try_get("n")?;
+        let page_sql = format!(
+            "SELECT * FROM audit_logs{filter} ORDER BY id {order} LIMIT {} OFFSET {}",
+            limit.max(0),
+            offset.max(0)
+        );
+        let mut q = sqlx::query(&page_sql);
+        for b in &binds {
+            q = b.bind(q);
+        }
+        let rows = q.fetch_all(&self.pool).await?;
+        Ok((rows.iter().map(audit_row).collect::<Result<_>>()?, total))
+    }
+}
+
+/// A condition of a filtered query (from Harbor's `q=` syntax).
+#[derive(Clone, Debug)]
+pub enum Cond {
+    Eq(String),
+    Contains(String),
+    AnyOf(Vec<String>),
+    Between(Option<i64>, Option<i64>),
+}
+
+enum Bind {
+    I(i64),
+    S(String),
+}
+
+impl Bind {
+    fn bind<'q>(
+        &'q self,
+        q: sqlx::query::Query<'q, Any, sqlx::any::AnyArguments<'q>>,
+    ) -> sqlx::query::Query<'q, Any, sqlx::any::AnyArguments<'q>> {
+        match self {
+            Bind::I(i) => q.bind(*i),
+            Bind::S(s) => q.bind(s.as_str()),
+        }
     }
 }

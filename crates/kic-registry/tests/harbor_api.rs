@@ -455,6 +455,30 @@ async fn projects_members_and_roles() {
         .json("/api/v2.0/audit-logs?q=resource_type%3Dmember,operation%3D{create%20delete}")
         .await;
     assert!(members.as_array().unwrap().len() >= 7);
+    // Fuzzy, time range, paging with totals, unknown keys.
+    let r = a.get("/api/v2.0/audit-logs?q=resource%3D~ALPHA,op_time%3D%5B2000-01-01%2000%3A00%3A00~2100-01-01%2000%3A00%3A00%5D&page_size=2").await;
+    let total: usize = r.headers()["x-total-count"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(total >= 8, "{total}");
+    assert!(r.headers()["link"]
+        .to_str()
+        .unwrap()
+        .contains("rel=\"next\""));
+    let page: Value = r.json().await.unwrap();
+    assert_eq!(page.as_array().unwrap().len(), 2);
+    assert!(
+        page[0]["id"].as_i64() > page[1]["id"].as_i64(),
+        "newest first"
+    );
+    let none = a.json("/api/v2.0/audit-logs?q=op_time%3D%5B2000-01-01%2000%3A00%3A00~2001-01-01%2000%3A00%3A00%5D").await;
+    assert_eq!(none.as_array().unwrap().len(), 0);
+    assert_eq!(
+        a.get("/api/v2.0/audit-logs?q=bogus%3D1").await.status(),
+        StatusCode::BAD_REQUEST
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]

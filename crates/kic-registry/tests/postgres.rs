@@ -296,6 +296,18 @@ async fn registry_on_postgresql() {
         .unwrap()
         .iter()
         .any(|l| l["operation"] == "push" && l["resource"] == "library/busybox:1"));
+    let r = a
+        .get("/api/v2.0/audit-logs?q=resource%3D~BUSYBOX,operation%3D{push%20pull},op_time%3D%5B2000-01-01%2000%3A00%3A00~%5D&page_size=1")
+        .await;
+    assert_eq!(r.status(), StatusCode::OK);
+    assert!(
+        r.headers()["x-total-count"]
+            .to_str()
+            .unwrap()
+            .parse::<i64>()
+            .unwrap()
+            >= 1
+    );
     let dst = format!("docker://{}/team/multi:1", srv.host);
     let (ok, err) = skopeo(
         tmp.path(),

@@ -319,6 +319,19 @@ pub fn paged(mut items: Vec<Value>, q: &HashMap<String, String>, path: &str) -> 
             });
         }
     }
+    let (page, size) = page_params(q)?;
+    let total = items.len();
+    let size = size.unwrap_or(total.max(1));
+    let page_items: Vec<Value> = items
+        .into_iter()
+        .skip((page - 1) * size)
+        .take(size)
+        .collect();
+    page_response(page_items, total, page, size, q, path)
+}
+
+/// `page` (from 1) and `page_size` (at most 100; `None` for 0, meaning all).
+pub fn page_params(q: &HashMap<String, String>) -> Result<(usize, Option<usize>), ApiError> {
     let page: usize = q
         .get("page")
         .and_then(|p| p.parse().ok())
@@ -331,13 +344,18 @@ pub fn paged(mut items: Vec<Value>, q: &HashMap<String, String>, path: &str) -> 
     if size > 100 {
         return Err(ApiError::bad("page_size must be at most 100"));
     }
-    let total = items.len();
-    let size = if size == 0 { total.max(1) } else { size };
-    let page_items: Vec<Value> = items
-        .into_iter()
-        .skip((page - 1) * size)
-        .take(size)
-        .collect();
+    Ok((page, (size > 0).then_some(size)))
+}
+
+/// A page of results with `X-Total-Count` and `Link` (`prev`/`next`) headers.
+pub fn page_response(
+    page_items: Vec<Value>,
+    total: usize,
+    page: usize,
+    size: usize,
+    q: &HashMap<String, String>,
+    path: &str,
+) -> ApiResult {
     let mut links = vec![];
     let other: String = q
         .iter()
@@ -369,6 +387,45 @@ pub fn paged(mut items: Vec<Value>, q: &HashMap<String, String>, path: &str) -> 
         }
     }
     Ok(resp)
+}
+
+/// Translates a `q=` query into database conditions over `columns` (query key → column; the
+/// `time` column takes ranges of `YYYY-MM-DD HH:MM:SS` or RFC 3339 times). Unknown keys are a
+/// bad request.
+pub fn q_conditions(
+    q: Option<&String>,
+    columns: &[(&str, &'static str)],
+    time_column: &str,
+) -> Result<Vec<(&'static str, crate::db::Cond)>, ApiError> {
+    use crate::db::Cond;
+    let mut out = vec![];
+    let Some(q) = q else { return Ok(out) };
+    for (k, t) in parse_q(q) {
+        let col = columns
+            .iter()
+            .find(|(key, _)| key.eq_ignore_ascii_case(&k))
+            .map(|(_, c)| *c)
+            .ok_or_else(|| ApiError::bad(format!("unsupported query key {k:?}")))?;
+        let secs = |s: &str| {
+            let v = sortable(s.trim_matches(['"', '\'']));
+            (!v.0.is_nan())
+                .then_some(v.0 as i64)
+                .ok_or_else(|| ApiError::bad(format!("invalid time {s:?}")))
+        };
+        let cond = match t {
+            Term::Exact(v) if col == time_column => Cond::Between(Some(secs(&v)?), Some(secs(&v)?)),
+            Term::Exact(v) => Cond::Eq(v),
+            Term::Fuzzy(v) => Cond::Contains(v),
+            Term::AnyOf(vs) => Cond::AnyOf(vs),
+            Term::Range(a, b) if col == time_column => Cond::Between(
+                a.map(|a| secs(&a)).transpose()?,
+                b.map(|b| secs(&b)).transpose()?,
+            ),
+            Term::Range(..) => return Err(ApiError::bad(format!("{k} does not take a range"))),
+        };
+        out.push((col, cond));
+    }
+    Ok(out)
 }
 
 /// `201 Created` with `Location`.

@@ -401,12 +401,11 @@ pub async fn logs(
     let p = resolve(&st, &headers, &p).await?;
     need(&st, &c, &p, Res::Log, Act::List).await?;
     let q = super::query_map(q.as_deref());
-    let items = st
-        .db
-        .audit_logs(Some(p.id))
-        .await?
-        .iter()
-        .map(super::system::audit_json)
-        .collect();
-    paged(items, &q, &format!("/api/v2.0/projects/{}/logs", p.name))
+    super::system::audit_page(
+        &st,
+        Some(&[p.id]),
+        &q,
+        &format!("/api/v2.0/projects/{}/logs", p.name),
+    )
+    .await
 }
