@@ -102,6 +102,36 @@ impl BlobStore {
         Ok(f)
     }
 
+    /// Streams `len` bytes of a committed blob from `offset`. A blocking thread reads ahead
+    /// (up to four 512 KiB chunks) while the network side sends, so disk and socket overlap.
+    pub async fn stream(
+        &self,
+        d: &Digest,
+        offset: u64,
+        len: u64,
+    ) -> io::Result<impl Stream<Item = io::Result<Bytes>> + Send + 'static> {
+        use std::io::{Read, Seek};
+        let mut f = std::fs::File::open(self.layout.blob(d))?;
+        f.seek(SeekFrom::Start(offset))?;
+        let (tx, rx) = tokio::sync::mpsc::channel::<io::Result<Bytes>>(4);
+        tokio::task::spawn_blocking(move || {
+            let mut left = len;
+            while left > 0 {
+                let n = left.min(512 * 1024) as usize;
+                let mut buf = vec![0u8; n];
+                let r = f.read_exact(&mut buf).map(|_| Bytes::from(buf));
+                let failed = r.is_err();
+                if tx.blocking_send(r).is_err() || failed {
+                    return;
+                }
+                left -= n as u64;
+            }
+        });
+        Ok(futures::stream::unfold(rx, |mut rx| async move {
+            rx.recv().await.map(|x| (x, rx))
+        }))
+    }
+
     pub async fn read_all(&self, d: &Digest) -> io::Result<Vec<u8>> {
         fs::read(self.layout.blob(d)).await
     }

@@ -3,8 +3,6 @@
 use axum::body::Body;
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
-use tokio::io::AsyncReadExt;
-use tokio_util::io::ReaderStream;
 
 use super::{authorize, hv, Cx, OciResult};
 use crate::blobstore::FinishError;
@@ -67,13 +65,13 @@ pub async fn get(cx: Cx<'_>, d: &str, body: bool) -> OciResult {
     let (start, end) = range.unwrap_or((0, size.saturating_sub(1)));
     let len = if size == 0 { 0 } else { end - start + 1 };
     let mut resp = if body {
-        let file = cx
+        let stream = cx
             .st
             .store
-            .open_at(&d, start)
+            .stream(&d, start, len)
             .await
             .map_err(|_| OciError::new(OciCode::BlobUnknown))?;
-        Body::from_stream(ReaderStream::with_capacity(file.take(len), 256 * 1024)).into_response()
+        Body::from_stream(stream).into_response()
     } else {
         Body::empty().into_response()
     };
