@@ -1084,37 +1084,31 @@ impl Db {
             .fetch_one(&mut *tx.tx)
             .await?
             .try_get("id")?;
-        let existing: Option<i64> =
-            sqlx::query("SELECT id FROM artifacts WHERE repository_id = $1 AND digest = $2")
-                .bind(repo_id)
-                .bind(a.digest)
-                .fetch_optional(&mut *tx.tx)
-                .await?
-                .map(|r| r.try_get("id"))
-                .transpose()?;
-        let created = existing.is_none();
-        let art_id = match existing {
-            Some(id) => id,
-            None => {
-                let id: i64 = sqlx::query(
-                    "INSERT INTO artifacts (repository_id, project_id, repository_name, digest, media_type, \
-                     config_media_type, artifact_type, size, subject, annotations, push_time) \
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) RETURNING id",
-                )
-                .bind(repo_id)
-                .bind(a.project_id)
-                .bind(a.repository)
-                .bind(a.digest)
-                .bind(a.media_type)
-                .bind(a.config_media_type)
-                .bind(a.artifact_type)
-                .bind(a.size)
-                .bind(a.subject)
-                .bind(a.annotations)
-                .bind(t)
-                .fetch_one(&mut *tx.tx)
-                .await?
-                .try_get("id")?;
+        // Insert-or-find, safe against a concurrent push of the same manifest on PostgreSQL.
+        let inserted: Option<i64> = sqlx::query(
+            "INSERT INTO artifacts (repository_id, project_id, repository_name, digest, media_type, \
+             config_media_type, artifact_type, size, subject, annotations, push_time) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) \
+             ON CONFLICT (repository_id, digest) DO NOTHING RETURNING id",
+        )
+        .bind(repo_id)
+        .bind(a.project_id)
+        .bind(a.repository)
+        .bind(a.digest)
+        .bind(a.media_type)
+        .bind(a.config_media_type)
+        .bind(a.artifact_type)
+        .bind(a.size)
+        .bind(a.subject)
+        .bind(a.annotations)
+        .bind(t)
+        .fetch_optional(&mut *tx.tx)
+        .await?
+        .map(|r| r.try_get("id"))
+        .transpose()?;
+        let created = inserted.is_some();
+        let art_id = match inserted {
+            Some(id) => {
                 for r in a.refs {
                     sqlx::query(
                         "INSERT INTO artifact_refs (artifact_id, digest, kind, size, media_type, platform) \
@@ -1130,6 +1124,14 @@ impl Db {
                     .await?;
                 }
                 id
+            }
+            None => {
+                sqlx::query("SELECT id FROM artifacts WHERE repository_id = $1 AND digest = $2")
+                    .bind(repo_id)
+                    .bind(a.digest)
+                    .fetch_one(&mut *tx.tx)
+                    .await?
+                    .try_get("id")?
             }
         };
         if let Some(tag) = a.tag {
