@@ -82,7 +82,24 @@ fn tls_config(st: &St) -> anyhow::Result<Arc<rustls::ServerConfig>> {
     Ok(Arc::new(cfg))
 }
 
-/// Serves on an already bound listener until the process ends.
+/// Resolves on SIGTERM or SIGINT.
+async fn shutdown_signal() {
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = term => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+}
+
+/// Serves on an already bound listener until SIGTERM/SIGINT, then finishes in-flight requests
+/// (plain HTTP) and writes queued audit records and pull counts.
 pub async fn serve(st: St, listener: TcpListener) -> anyhow::Result<()> {
     spawn_background(st.clone());
     let app = router(st.clone());
@@ -91,32 +108,44 @@ pub async fn serve(st: St, listener: TcpListener) -> anyhow::Result<()> {
             listener,
             app.into_make_service_with_connect_info::<SocketAddr>(),
         )
+        .with_graceful_shutdown(shutdown_signal())
         .await?;
-        return Ok(());
-    }
-    let acceptor = tokio_rustls::TlsAcceptor::from(tls_config(&st)?);
-    loop {
-        let (tcp, peer) = match listener.accept().await {
-            Ok(x) => x,
-            Err(e) => {
-                tracing::warn!("accept: {e}");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                continue;
-            }
-        };
-        let acceptor = acceptor.clone();
-        let app = app.clone();
-        tokio::spawn(async move {
-            let Ok(tls) = acceptor.accept(tcp).await else {
-                return;
+    } else {
+        let acceptor = tokio_rustls::TlsAcceptor::from(tls_config(&st)?);
+        let stop = shutdown_signal();
+        tokio::pin!(stop);
+        loop {
+            let accepted = tokio::select! {
+                a = listener.accept() => a,
+                _ = &mut stop => break,
             };
-            let svc = app.map_request(move |mut r: axum::http::Request<hyper::body::Incoming>| {
-                r.extensions_mut().insert(ConnectInfo(peer));
-                r.map(axum::body::Body::new)
+            let (tcp, peer) = match accepted {
+                Ok(x) => x,
+                Err(e) => {
+                    tracing::warn!("accept: {e}");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            };
+            let acceptor = acceptor.clone();
+            let app = app.clone();
+            tokio::spawn(async move {
+                let Ok(tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                let svc =
+                    app.map_request(move |mut r: axum::http::Request<hyper::body::Incoming>| {
+                        r.extensions_mut().insert(ConnectInfo(peer));
+                        r.map(axum::body::Body::new)
+                    });
+                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(tls), TowerToHyperService::new(svc))
+                    .await;
             });
-            let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                .serve_connection(TokioIo::new(tls), TowerToHyperService::new(svc))
-                .await;
-        });
+        }
     }
+    st.audit.flush().await;
+    st.flush_pulls().await;
+    tracing::info!("stopped");
+    Ok(())
 }

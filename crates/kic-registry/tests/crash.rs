@@ -178,3 +178,44 @@ fn tokio_stream_from(
 }
 
 use futures::StreamExt;
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_writes_queued_pulls_and_audit_records() {
+    let mut srv = Server::start();
+    let a = srv.admin();
+    a.create_project("p", true).await;
+    a.push_image("p/app", "1", b"layer").await;
+    let anon = srv.client();
+    for _ in 0..7 {
+        assert_eq!(
+            anon.get("/v2/p/app/manifests/1").await.status(),
+            StatusCode::OK
+        );
+    }
+    let pid = srv.child.id().to_string();
+    assert!(std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap()
+        .success());
+    let status = srv.child.wait().unwrap();
+    assert!(status.success(), "clean exit on SIGTERM: {status}");
+    srv.restart();
+    let a = srv.admin();
+    assert_eq!(
+        a.json("/api/v2.0/projects/p/repositories/app").await["pull_count"],
+        7
+    );
+    let logs = a
+        .json("/api/v2.0/audit-logs?q=operation%3Dpull&page_size=100")
+        .await;
+    assert_eq!(logs.as_array().unwrap().len(), 7);
+    assert!(logs
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|l| l["username"] == "anonymous"));
+    // Pushes are on record before the push answered.
+    let pushes = a.json("/api/v2.0/audit-logs?q=operation%3Dpush").await;
+    assert_eq!(pushes[0]["resource"], "p/app:1");
+}

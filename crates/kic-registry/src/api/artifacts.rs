@@ -212,7 +212,9 @@ pub async fn delete_repository(
     let (p, name) = repo_ctx(&st, &headers, &p, &r).await?;
     need(&st, &c, &p, Res::Repository, Act::Delete).await?;
     st.db.delete_repository(&name).await?;
-    st.audit.record(&c, "delete", "repository", &name, p.id);
+    st.audit
+        .record(&c, "delete", "repository", &name, p.id)
+        .await;
     Ok(ok())
 }
 
@@ -265,13 +267,15 @@ pub async fn delete(
     need(&st, &c, &p, Res::Artifact, Act::Delete).await?;
     let art = find_artifact(&st, &name, &a).await?;
     st.db.delete_artifact(art.id).await?;
-    st.audit.record(
-        &c,
-        "delete",
-        "artifact",
-        &format!("{name}@{}", art.digest),
-        p.id,
-    );
+    st.audit
+        .record(
+            &c,
+            "delete",
+            "artifact",
+            &format!("{name}@{}", art.digest),
+            p.id,
+        )
+        .await;
     Ok(ok())
 }
 
@@ -319,7 +323,8 @@ pub async fn add_tag(
     }
     st.db.add_tag(art.repository_id, art.id, &t.name).await?;
     st.audit
-        .record(&c, "create", "tag", &format!("{name}:{}", t.name), p.id);
+        .record(&c, "create", "tag", &format!("{name}:{}", t.name), p.id)
+        .await;
     Ok(created(format!(
         "/api/v2.0/projects/{}/repositories/{}/artifacts/{}/tags/{}",
         p.name,
@@ -343,6 +348,7 @@ pub async fn delete_tag(
     }
     st.db.delete_tag(&name, &t).await?;
     st.audit
-        .record(&c, "delete", "tag", &format!("{name}:{t}"), p.id);
+        .record(&c, "delete", "tag", &format!("{name}:{t}"), p.id)
+        .await;
     Ok(ok())
 }

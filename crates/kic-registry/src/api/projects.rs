@@ -154,7 +154,7 @@ pub async fn create(State(st): State<St>, c: Caller, headers: HeaderMap, b: Byte
     let mut meta = r.metadata.clone().unwrap_or_default();
     meta.remove("public");
     let id = st.db.create_project(&name, *owner, public, &meta).await?;
-    st.audit.record(&c, "create", "project", &name, id);
+    st.audit.record(&c, "create", "project", &name, id).await;
     let by_name = headers
         .get("X-Resource-Name-In-Location")
         .and_then(|v| v.to_str().ok())
@@ -195,7 +195,9 @@ pub async fn update(
         }
     }
     st.db.update_project(p.id, public, &meta).await?;
-    st.audit.record(&c, "update", "project", &p.name, p.id);
+    st.audit
+        .record(&c, "update", "project", &p.name, p.id)
+        .await;
     Ok(ok())
 }
 
@@ -209,7 +211,9 @@ pub async fn delete(
     need(&st, &c, &p, Res::Project, Act::Delete).await?;
     st.db.delete_project(p.id).await?;
     st.invalidate_credentials();
-    st.audit.record(&c, "delete", "project", &p.name, p.id);
+    st.audit
+        .record(&c, "delete", "project", &p.name, p.id)
+        .await;
     Ok(ok())
 }
 
@@ -307,13 +311,15 @@ pub async fn add_member(
     }
     .ok_or_else(|| ApiError::not_found("user not found"))?;
     let id = st.db.add_member(p.id, user.id, r.role_id).await?;
-    st.audit.record(
-        &c,
-        "create",
-        "member",
-        &format!("{}:{}", p.name, user.username),
-        p.id,
-    );
+    st.audit
+        .record(
+            &c,
+            "create",
+            "member",
+            &format!("{}:{}", p.name, user.username),
+            p.id,
+        )
+        .await;
     Ok(created(format!(
         "/api/v2.0/projects/{}/members/{id}",
         p.name
@@ -361,13 +367,15 @@ pub async fn update_member(
     }
     let mem = member_of(&st, &p, &m).await?;
     st.db.update_member(p.id, mem.id, r.role_id).await?;
-    st.audit.record(
-        &c,
-        "update",
-        "member",
-        &format!("{}:{}", p.name, mem.username),
-        p.id,
-    );
+    st.audit
+        .record(
+            &c,
+            "update",
+            "member",
+            &format!("{}:{}", p.name, mem.username),
+            p.id,
+        )
+        .await;
     Ok(ok())
 }
 
@@ -381,13 +389,15 @@ pub async fn delete_member(
     need(&st, &c, &p, Res::Member, Act::Delete).await?;
     let mem = member_of(&st, &p, &m).await?;
     st.db.delete_member(p.id, mem.id).await?;
-    st.audit.record(
-        &c,
-        "delete",
-        "member",
-        &format!("{}:{}", p.name, mem.username),
-        p.id,
-    );
+    st.audit
+        .record(
+            &c,
+            "delete",
+            "member",
+            &format!("{}:{}", p.name, mem.username),
+            p.id,
+        )
+        .await;
     Ok(ok())
 }
 

@@ -207,7 +207,9 @@ pub async fn create(State(st): State<St>, c: Caller, b: Bytes) -> ApiResult {
             .update_robot(id, &r.description, true, r.duration, exp, &perms)
             .await?;
     }
-    st.audit.record(&c, "create", "robot", &full, project_id);
+    st.audit
+        .record(&c, "create", "robot", &full, project_id)
+        .await;
     let mut resp = (
         StatusCode::CREATED,
         Json(json!({"id": id, "name": full, "secret": secret, "creation_time": time(now), "expires_at": exp})),
@@ -276,7 +278,8 @@ pub async fn update(
         .await?;
     st.invalidate_credentials();
     st.audit
-        .record(&c, "update", "robot", &r.name, r.project_id);
+        .record(&c, "update", "robot", &r.name, r.project_id)
+        .await;
     Ok(super::ok())
 }
 
@@ -286,7 +289,8 @@ pub async fn delete(State(st): State<St>, c: Caller, Path(id): Path<String>) -> 
     st.db.delete_robot(r.id).await?;
     st.invalidate_credentials();
     st.audit
-        .record(&c, "delete", "robot", &r.name, r.project_id);
+        .record(&c, "delete", "robot", &r.name, r.project_id)
+        .await;
     Ok(super::ok())
 }
 
@@ -321,7 +325,8 @@ pub async fn refresh(
     st.db.set_robot_secret(r.id, &hash).await?;
     st.invalidate_credentials();
     st.audit
-        .record(&c, "update", "robot", &r.name, r.project_id);
+        .record(&c, "update", "robot", &r.name, r.project_id)
+        .await;
     Ok(Json(
         json!({"secret": if req.secret.is_some() { Value::Null } else { Value::String(secret) }}),
     )

@@ -168,7 +168,7 @@ pub async fn audit_logs(State(st): State<St>, c: Caller, RawQuery(q): RawQuery) 
 pub async fn run_gc(State(st): State<St>, c: Caller) -> ApiResult {
     require_sysadmin(&c)?;
     let report = crate::gc::run(&st).await?;
-    st.audit.record(&c, "create", "gc", "gc", 0);
+    st.audit.record(&c, "create", "gc", "gc", 0).await;
     let mut r = super::created("/api/v2.0/system/gc/1".into());
     *r.body_mut() = axum::body::Body::from(serde_json::to_vec(&report).unwrap_or_default());
     r.headers_mut().insert(

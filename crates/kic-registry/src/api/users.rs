@@ -94,7 +94,7 @@ pub async fn create(State(st): State<St>, c: Caller, b: Bytes) -> ApiResult {
         .db
         .create_user(&u.username, &u.email, &u.realname, &u.comment, &h, false)
         .await?;
-    st.audit.record(&c, "create", "user", &u.username, 0);
+    st.audit.record(&c, "create", "user", &u.username, 0).await;
     Ok(created(format!("/api/v2.0/users/{id}")))
 }
 
@@ -172,7 +172,7 @@ pub async fn delete(State(st): State<St>, c: Caller, Path(id): Path<String>) -> 
     }
     st.db.delete_user(u.id).await?;
     st.invalidate_credentials();
-    st.audit.record(&c, "delete", "user", &u.username, 0);
+    st.audit.record(&c, "delete", "user", &u.username, 0).await;
     Ok(ok())
 }
 

@@ -110,13 +110,16 @@ pub async fn delete(cx: Cx<'_>, d: &str) -> OciResult {
     if !cx.st.db.unlink_blob(cx.repo, d.as_str()).await? {
         return Err(OciError::new(OciCode::BlobUnknown));
     }
-    cx.st.audit.record(
-        cx.c,
-        "delete",
-        "blob",
-        &format!("{}@{d}", cx.repo),
-        project.id,
-    );
+    cx.st
+        .audit
+        .record(
+            cx.c,
+            "delete",
+            "blob",
+            &format!("{}@{d}", cx.repo),
+            project.id,
+        )
+        .await;
     Ok(StatusCode::ACCEPTED.into_response())
 }
 

@@ -64,7 +64,8 @@ pub async fn get(cx: Cx<'_>, reference: &str, body: bool) -> OciResult {
         };
         cx.st
             .audit
-            .record(cx.c, "pull", "artifact", &resource, project.id);
+            .record(cx.c, "pull", "artifact", &resource, project.id)
+            .await;
         Body::from(data).into_response()
     } else {
         Body::empty().into_response()
@@ -298,7 +299,8 @@ pub async fn put(cx: Cx<'_>, reference: &str, body: Body) -> OciResult {
     };
     cx.st
         .audit
-        .record(cx.c, "push", "artifact", &resource, project.id);
+        .record(cx.c, "push", "artifact", &resource, project.id)
+        .await;
     let mut resp: Response = StatusCode::CREATED.into_response();
     let h = resp.headers_mut();
     h.insert(
@@ -326,25 +328,31 @@ pub async fn delete(cx: Cx<'_>, reference: &str) -> OciResult {
                 .await?
                 .ok_or_else(|| OciError::new(OciCode::ManifestUnknown))?;
             cx.st.db.delete_artifact(a.id).await?;
-            cx.st.audit.record(
-                cx.c,
-                "delete",
-                "artifact",
-                &format!("{}@{d}", cx.repo),
-                project.id,
-            );
+            cx.st
+                .audit
+                .record(
+                    cx.c,
+                    "delete",
+                    "artifact",
+                    &format!("{}@{d}", cx.repo),
+                    project.id,
+                )
+                .await;
         }
         Reference::Tag(t) => {
             if !cx.st.db.delete_tag(cx.repo, &t).await? {
                 return Err(OciError::new(OciCode::ManifestUnknown));
             }
-            cx.st.audit.record(
-                cx.c,
-                "delete",
-                "tag",
-                &format!("{}:{t}", cx.repo),
-                project.id,
-            );
+            cx.st
+                .audit
+                .record(
+                    cx.c,
+                    "delete",
+                    "tag",
+                    &format!("{}:{t}", cx.repo),
+                    project.id,
+                )
+                .await;
         }
     }
     Ok(StatusCode::ACCEPTED.into_response())
