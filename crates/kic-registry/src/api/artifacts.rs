@@ -230,19 +230,27 @@ pub async fn list(
     find_repo(&st, &name).await?;
     let q = super::query_map(q.as_deref());
     let with_tag = q.get("with_tag").is_none_or(|v| v != "false");
-    let mut items = vec![];
-    for a in st.db.artifacts(&name).await? {
-        items.push(artifact_json(&st, &a, with_tag).await?);
+    let path = format!(
+        "/api/v2.0/projects/{}/repositories/{}/artifacts",
+        p.name,
+        r.replace('/', "%252F")
+    );
+    let all = st.db.artifacts(&name).await?;
+    if !q.contains_key("q") && !q.contains_key("sort") {
+        // Plain paging: describe only the artifacts of the page (each costs a few queries).
+        let (page, size) = super::page_params(&q)?;
+        let size = size.unwrap_or(all.len().max(1));
+        let mut items = vec![];
+        for a in all.iter().skip((page - 1) * size).take(size) {
+            items.push(artifact_json(&st, a, with_tag).await?);
+        }
+        return super::page_response(items, all.len(), page, size, &q, &path);
     }
-    paged(
-        items,
-        &q,
-        &format!(
-            "/api/v2.0/projects/{}/repositories/{}/artifacts",
-            p.name,
-            r.replace('/', "%252F")
-        ),
-    )
+    let mut items = vec![];
+    for a in &all {
+        items.push(artifact_json(&st, a, with_tag).await?);
+    }
+    paged(items, &q, &path)
 }
 
 pub async fn get_one(
