@@ -522,6 +522,16 @@ async fn repositories_artifacts_tags() {
     assert_eq!(arts[0]["digest"], d2.as_str());
     assert_eq!(arts[0]["tags"][0]["name"], "v2");
     assert_eq!(arts[0]["type"], "IMAGE");
+    let r = a
+        .get("/api/v2.0/projects/lib/repositories/team%252Fapp/artifacts?page=2&page_size=1")
+        .await;
+    assert_eq!(r.headers()["x-total-count"], "2");
+    assert!(r.headers()["link"]
+        .to_str()
+        .unwrap()
+        .contains("rel=\"prev\""));
+    let p2: Value = r.json().await.unwrap();
+    assert_eq!(p2[0]["digest"], d1.as_str());
     let one = a
         .json("/api/v2.0/projects/lib/repositories/team%252Fapp/artifacts/v1")
         .await;
