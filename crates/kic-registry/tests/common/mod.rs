@@ -20,6 +20,8 @@ pub fn sha(data: &[u8]) -> String {
 /// A running registry process with its own data directory.
 pub struct Server {
     pub child: Child,
+    /// A private PostgreSQL server when the suite runs on PostgreSQL.
+    pub pg: Option<Pg>,
     pub base: String,
     pub host: String,
     pub data: PathBuf,
@@ -32,11 +34,23 @@ impl Server {
         Server::start_with(&[])
     }
 
+    /// Starts a registry on a fresh data directory. With `KIC_REGISTRY_TEST_BACKEND=postgres`
+    /// (and no `--database-url` among `args`) each server gets its own PostgreSQL server, so
+    /// the whole suite can run on PostgreSQL.
     pub fn start_with(args: &[&str]) -> Server {
         let tmp = tempfile::tempdir().unwrap();
         let data = tmp.path().join("data");
-        let mut s = Server::spawn(&data, args);
+        let pg = (std::env::var("KIC_REGISTRY_TEST_BACKEND").as_deref() == Ok("postgres")
+            && !args.contains(&"--database-url"))
+        .then(Pg::start);
+        let mut all: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+        if let Some(pg) = &pg {
+            all.extend(["--database-url".to_string(), pg.url()]);
+        }
+        let refs: Vec<&str> = all.iter().map(String::as_str).collect();
+        let mut s = Server::spawn(&data, &refs);
         s._tmp = Some(tmp);
+        s.pg = pg;
         s
     }
 
@@ -68,6 +82,7 @@ impl Server {
         let host = base.split("://").nth(1).unwrap().to_string();
         Server {
             child,
+            pg: None,
             base,
             host,
             data: data.to_path_buf(),
@@ -87,8 +102,10 @@ impl Server {
         let args: Vec<String> = self.args.clone();
         let refs: Vec<&str> = args.iter().map(String::as_str).collect();
         let tmp = self._tmp.take();
+        let pg = self.pg.take();
         *self = Server::spawn(&self.data.clone(), &refs);
         self._tmp = tmp;
+        self.pg = pg;
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -469,4 +486,157 @@ pub fn skopeo(home: &Path, args: &[&str]) -> (bool, String) {
     let err =
         String::from_utf8_lossy(&out.stderr).to_string() + &String::from_utf8_lossy(&out.stdout);
     (out.status.success(), err)
+}
+
+// ---- PostgreSQL ------------------------------------------------------------------------
+
+/// A PostgreSQL server from Debian's packages in a temporary directory (run as the `postgres`
+/// user when we are root), listening on 127.0.0.1 only; stopped on drop.
+pub struct Pg {
+    dir: tempfile::TempDir,
+    bin: PathBuf,
+    port: u16,
+    as_postgres: bool,
+}
+
+fn pg_bin() -> PathBuf {
+    let mut versions: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
+        .map(|rd| {
+            rd.filter_map(|e| e.ok())
+                .map(|e| e.path().join("bin"))
+                .filter(|p| p.join("initdb").exists())
+                .collect()
+        })
+        .unwrap_or_default();
+    versions.sort();
+    versions
+        .pop()
+        .expect("PostgreSQL server binaries not found: run tests/registry/deps.sh")
+}
+
+impl Pg {
+    fn run(&self, tool: &str, args: &[&str]) {
+        let exe = self.bin.join(tool);
+        let mut cmd = if self.as_postgres {
+            let mut c = Command::new("runuser");
+            c.args(["-u", "postgres", "--"]).arg(&exe);
+            c
+        } else {
+            Command::new(&exe)
+        };
+        let out = cmd
+            .args(args)
+            .current_dir(self.dir.path())
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{tool} {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    pub fn start() -> Pg {
+        let dir = tempfile::tempdir().unwrap();
+        let as_postgres = nix_is_root();
+        if as_postgres {
+            let ok = Command::new("chown")
+                .args(["-R", "postgres:postgres"])
+                .arg(dir.path())
+                .status()
+                .unwrap()
+                .success();
+            assert!(ok, "chown to postgres");
+        }
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let pg = Pg {
+            dir,
+            bin: pg_bin(),
+            port,
+            as_postgres,
+        };
+        let data = pg.dir.path().join("data");
+        let data = data.to_str().unwrap();
+        pg.run(
+            "initdb",
+            &[
+                "-D",
+                data,
+                "-A",
+                "trust",
+                "-U",
+                "postgres",
+                "-E",
+                "UTF8",
+                "--no-sync",
+            ],
+        );
+        let opts = format!(
+            "-p {port} -k {} -c listen_addresses=127.0.0.1 -c fsync=off",
+            pg.dir.path().display()
+        );
+        let log = pg.dir.path().join("log");
+        pg.run(
+            "pg_ctl",
+            &[
+                "-D",
+                data,
+                "-l",
+                log.to_str().unwrap(),
+                "-w",
+                "-o",
+                &opts,
+                "start",
+            ],
+        );
+        pg
+    }
+
+    /// A plain SQL dump of the database.
+    pub fn dump(&self) -> Vec<u8> {
+        let out = Command::new(self.bin.join("pg_dump"))
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &self.port.to_string(),
+                "-U",
+                "postgres",
+                "postgres",
+            ])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "pg_dump: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        out.stdout
+    }
+
+    pub fn url(&self) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
+    }
+}
+
+impl Drop for Pg {
+    fn drop(&mut self) {
+        let data = self.dir.path().join("data");
+        self.run(
+            "pg_ctl",
+            &["-D", data.to_str().unwrap(), "-m", "immediate", "stop"],
+        );
+    }
+}
+
+fn nix_is_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+        .unwrap_or(false)
 }
