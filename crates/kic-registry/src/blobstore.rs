@@ -242,12 +242,21 @@ impl BlobStore {
         up: &mut Upload,
         expected: &Digest,
     ) -> Result<u64, FinishError> {
-        let r = self.finish_inner(id, up, expected).await;
+        let r = match self.verify(id, up, expected).await {
+            Ok(size) => self
+                .commit(id, expected)
+                .await
+                .map(|_| size)
+                .map_err(FinishError::from),
+            Err(e) => Err(e),
+        };
         self.cancel(id).await;
         r
     }
 
-    async fn finish_inner(
+    /// First half of finishing a session: fsyncs its bytes and checks them against
+    /// `expected`; returns the size. Nothing becomes visible.
+    pub async fn verify(
         &self,
         id: &str,
         up: &mut Upload,
@@ -265,8 +274,15 @@ impl BlobStore {
         if &actual != expected {
             return Err(FinishError::DigestMismatch(actual));
         }
-        self.commit_file(&data, expected).await?;
         Ok(size)
+    }
+
+    /// Second half: renames verified bytes into `blobs/` (atomic), fsyncs the directory and
+    /// drops the session.
+    pub async fn commit(&self, id: &str, d: &Digest) -> io::Result<()> {
+        let r = self.commit_file(&self.layout.upload_data(id), d).await;
+        self.cancel(id).await;
+        r
     }
 
     async fn commit_file(&self, staged: &Path, d: &Digest) -> io::Result<()> {

@@ -90,7 +90,7 @@ async fn sweep_orphans(st: &St, cutoff: i64) -> Result<usize, StoreError> {
                 .and_then(|m| m.modified().ok())
                 .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
                 .is_some_and(|t| (t.as_secs() as i64) < cutoff);
-            if !old {
+            if !old || st.db.blob(d.as_str()).await?.is_some() {
                 continue;
             }
             let _w = st.gc_lock.write().await;

@@ -144,6 +144,16 @@ async fn token_service_trims_actions() {
         .await
         .unwrap();
     assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+    // Any valid token opens /v2/, even an anonymous one.
+    let (anon_t, _) = token(anon.clone(), "repository:pub/a:pull").await;
+    let r = srv
+        .client()
+        .req(Method::GET, "/v2/")
+        .bearer_auth(&anon_t)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
     // Registry tokens do not open the Harbor API.
     let r = srv
         .client()

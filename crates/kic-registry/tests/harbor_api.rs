@@ -77,6 +77,13 @@ async fn users_crud_and_pagination() {
         .await)
     .await;
     assert_eq!(code, StatusCode::BAD_REQUEST);
+    let r = a
+        .post_json(
+            "/api/v2.0/users",
+            json!({"username": "anonymous", "password": "Passw0rd!"}),
+        )
+        .await;
+    assert_eq!(r.status(), StatusCode::BAD_REQUEST);
     let r = a.get("/api/v2.0/users?page=1&page_size=5").await;
     assert_eq!(r.headers()["x-total-count"], "13");
     let link = r.headers()["link"].to_str().unwrap().to_string();

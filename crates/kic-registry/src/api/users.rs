@@ -81,6 +81,7 @@ pub async fn create(State(st): State<St>, c: Caller, b: Bytes) -> ApiResult {
     if u.username.is_empty()
         || u.username.len() > 255
         || u.username.starts_with(ROBOT_PREFIX)
+        || u.username == "anonymous"
         || u.username.contains([':', '/', '"'])
     {
         return Err(ApiError::bad("invalid username"));

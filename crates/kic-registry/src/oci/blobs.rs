@@ -262,18 +262,24 @@ async fn finish(cx: Cx<'_>, id: &str, d: &Digest, body: Body) -> OciResult {
             return Err(OciError::new(OciCode::SizeInvalid));
         }
     }
-    let _g = cx.st.gc_lock.read().await;
-    match cx.st.store.finish(id, &mut up, d).await {
-        Ok(size) => {
-            cx.st.db.put_blob(cx.repo, d.as_str(), size as i64).await?;
-            Ok(blob_created(cx.repo, d))
+    // fsync and hashing happen outside the GC lock; only the rename and the row need it.
+    let size = match cx.st.store.verify(id, &mut up, d).await {
+        Ok(size) => size,
+        Err(e) => {
+            cx.st.store.cancel(id).await;
+            return Err(match e {
+                FinishError::DigestMismatch(actual) => OciError::msg(
+                    OciCode::DigestInvalid,
+                    format!("content has digest {actual}, not {d}"),
+                ),
+                FinishError::Io(e) => e.into(),
+            });
         }
-        Err(FinishError::DigestMismatch(actual)) => Err(OciError::msg(
-            OciCode::DigestInvalid,
-            format!("content has digest {actual}, not {d}"),
-        )),
-        Err(FinishError::Io(e)) => Err(e.into()),
-    }
+    };
+    let _g = cx.st.gc_lock.read().await;
+    cx.st.store.commit(id, d).await?;
+    cx.st.db.put_blob(cx.repo, d.as_str(), size as i64).await?;
+    Ok(blob_created(cx.repo, d))
 }
 
 /// `DELETE /v2/<name>/blobs/uploads/<id>`.

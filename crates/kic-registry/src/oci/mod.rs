@@ -192,7 +192,8 @@ pub async fn base(
     c: Result<Caller, ApiError>,
 ) -> OciResult {
     let c = caller_or_challenge(&st, c, &headers)?;
-    if c.anonymous() {
+    // Any valid token (even an anonymous one) or valid basic credentials will do.
+    if c.anonymous() && c.token.is_none() {
         return Err(unauthorized(&st, &c.base_url, None, false));
     }
     Ok((StatusCode::OK, axum::Json(serde_json::json!({}))).into_response())
