@@ -4,7 +4,7 @@
 
 use std::path::Path;
 
-use axum::extract::{Query, RawQuery, State};
+use axum::extract::{RawQuery, State};
 use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use axum::{Form, Json};
@@ -242,11 +242,7 @@ pub struct TokenForm {
 }
 
 /// `POST /service/token` (OAuth2 password grant, what `docker login` tries first).
-pub async fn post_token(
-    State(st): State<St>,
-    _q: Query<serde_json::Value>,
-    Form(f): Form<TokenForm>,
-) -> Response {
+pub async fn post_token(State(st): State<St>, Form(f): Form<TokenForm>) -> Response {
     if f.grant_type != "password" {
         return ApiError::new(ApiCode::BadRequest, "unsupported grant_type").into_response();
     }
