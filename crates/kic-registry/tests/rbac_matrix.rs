@@ -57,6 +57,10 @@ async fn routes_by_roles() {
             [false, false, false, true, true, false, false],
         ),
         (
+            "copy artifact",
+            [false, false, true, true, true, false, false],
+        ),
+        (
             "update project",
             [false, false, false, false, true, false, false],
         ),
@@ -102,6 +106,12 @@ async fn routes_by_roles() {
                 "delete tag" => api.delete(&format!("/api/v2.0/projects/p/repositories/app/artifacts/{fresh}/tags/{tag}")).await.status(),
                 "delete artifact" => api.delete(&format!("/api/v2.0/projects/p/repositories/app/artifacts/{fresh}")).await.status(),
                 "delete manifest (registry)" => api.delete(&format!("/v2/p/app/manifests/{fresh}")).await.status(),
+                "copy artifact" => api
+                    .req(Method::POST, "/api/v2.0/projects/p/repositories/copy/artifacts?from=p/app:base")
+                    .send()
+                    .await
+                    .unwrap()
+                    .status(),
                 "update project" => api.put_json("/api/v2.0/projects/p", json!({"metadata": {"public": "false"}})).await.status(),
                 "add member" => {
                     a.create_user(&format!("new{i}")).await;

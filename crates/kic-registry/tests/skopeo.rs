@@ -146,6 +146,32 @@ async fn copy_in_and_out_inspect_delete() {
         );
     }
 
+    // Harbor's artifact copy: the multi-arch index with its children, into a private project.
+    admin.create_project("prod", false).await;
+    let r = admin
+        .req(
+            reqwest::Method::POST,
+            "/api/v2.0/projects/prod/repositories/multi/artifacts?from=library/multi:latest",
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    let (ok, err) = k.run(&[
+        "copy",
+        "--all",
+        "--src-tls-verify=false",
+        "--src-creds",
+        &creds,
+        &k.dst("prod/multi:latest"),
+        &format!("oci:{}:copied", k.tmp.path().join("copied").display()),
+    ]);
+    assert!(ok, "pull the copy: {err}");
+    let arts = admin
+        .json("/api/v2.0/projects/prod/repositories/multi/artifacts")
+        .await;
+    assert_eq!(arts.as_array().unwrap().len(), 3);
+
     // tags and artifacts visible through both APIs.
     let tags = admin.json("/v2/library/busybox/tags/list").await;
     assert_eq!(tags["tags"], json!(["1.36"]));

@@ -360,3 +360,113 @@ pub async fn delete_tag(
         .await;
     Ok(ok())
 }
+
+/// Copies one artifact (an index with its children) into `to`: links its blobs, records its
+/// manifests. Holds the GC lock shared, as a push does.
+async fn copy_artifact(
+    st: &St,
+    src: &Artifact,
+    to: &str,
+    project_id: i64,
+    tag: Option<&str>,
+) -> Result<(), ApiError> {
+    let _g = st.gc_lock.read().await;
+    let mut stack = vec![(src.clone(), tag.map(str::to_string))];
+    let mut order = vec![];
+    while let Some((a, t)) = stack.pop() {
+        let refs = st.db.artifact_refs(a.id).await?;
+        for r in refs.iter().filter(|r| r.kind == "manifest") {
+            let child = st
+                .db
+                .artifact_by_digest(&a.repository_name, &r.digest)
+                .await?
+                .ok_or_else(|| {
+                    ApiError::not_found(format!("child manifest {} not found", r.digest))
+                })?;
+            stack.push((child, None));
+        }
+        order.push((a, t, refs));
+    }
+    // Children before their index.
+    for (a, t, refs) in order.into_iter().rev() {
+        for r in refs.iter().filter(|r| r.kind == "blob") {
+            if st
+                .db
+                .linked_blob(&a.repository_name, &r.digest)
+                .await?
+                .is_none()
+            {
+                return Err(ApiError::not_found(format!("blob {} not found", r.digest)));
+            }
+            st.db.put_blob(to, &r.digest, r.size).await?;
+        }
+        st.db
+            .put_artifact(&crate::db::NewArtifact {
+                project_id,
+                repository: to,
+                digest: &a.digest,
+                media_type: &a.media_type,
+                config_media_type: &a.config_media_type,
+                artifact_type: &a.artifact_type,
+                size: a.size,
+                subject: a.subject.as_deref(),
+                annotations: &a.annotations,
+                refs: &refs,
+                tag: t.as_deref(),
+            })
+            .await?;
+    }
+    Ok(())
+}
+
+/// `POST /projects/{p}/repositories/{r}/artifacts?from=<project>/<repo>:<tag>|@<digest>`:
+/// Harbor's artifact copy. Needs pull on the source and artifact creation on the target.
+pub async fn copy(
+    State(st): State<St>,
+    c: Caller,
+    headers: HeaderMap,
+    Path((p, r)): Path<(String, String)>,
+    RawQuery(q): RawQuery,
+) -> ApiResult {
+    let (p, name) = repo_ctx(&st, &headers, &p, &r).await?;
+    need(&st, &c, &p, Res::Artifact, Act::Create).await?;
+    let q = super::query_map(q.as_deref());
+    let from = q
+        .get("from")
+        .ok_or_else(|| ApiError::bad("from is required"))?;
+    let (src_repo, reference, tag) = match from.split_once('@') {
+        Some((repo, d)) => (repo.to_string(), d.to_string(), None),
+        None => {
+            let (repo, t) = from
+                .rsplit_once(':')
+                .ok_or_else(|| ApiError::bad("from must be <repo>:<tag> or <repo>@<digest>"))?;
+            (repo.to_string(), t.to_string(), Some(t.to_string()))
+        }
+    };
+    if !crate::oci::valid_name(&src_repo) || !crate::oci::valid_name(&name) {
+        return Err(ApiError::bad("invalid repository name"));
+    }
+    let src_project = st
+        .db
+        .project_by_name(src_repo.split('/').next().unwrap_or_default())
+        .await?
+        .ok_or_else(|| ApiError::not_found("source project not found"))?;
+    need(&st, &c, &src_project, Res::Repository, Act::Pull).await?;
+    let src = find_artifact(&st, &src_repo, &reference).await?;
+    copy_artifact(&st, &src, &name, p.id, tag.as_deref()).await?;
+    st.audit
+        .record(
+            &c,
+            "create",
+            "artifact",
+            &format!("{name}@{} (copied from {from})", src.digest),
+            p.id,
+        )
+        .await;
+    Ok(created(format!(
+        "/api/v2.0/projects/{}/repositories/{}/artifacts/{}",
+        p.name,
+        r.replace('/', "%252F"),
+        src.digest
+    )))
+}

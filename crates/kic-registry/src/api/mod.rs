@@ -81,7 +81,7 @@ pub fn router() -> Router<St> {
         )
         .route(
             "/projects/{p}/repositories/{r}/artifacts",
-            get(artifacts::list),
+            get(artifacts::list).post(artifacts::copy),
         )
         .route(
             "/projects/{p}/repositories/{r}/artifacts/{a}",
