@@ -897,6 +897,16 @@ impl Db {
         rows.iter().map(repo_row).collect()
     }
 
+    pub async fn repository_count(&self, project_id: i64) -> Result<i64> {
+        Ok(
+            sqlx::query("SELECT COUNT(*) AS n FROM repositories WHERE project_id = $1")
+                .bind(project_id)
+                .fetch_one(&self.pool)
+                .await?
+                .try_get("n")?,
+        )
+    }
+
     pub async fn update_repository(&self, name: &str, description: &str) -> Result<()> {
         let mut tx = self.begin().await?;
         sqlx::query("UPDATE repositories SET description = $1, update_time = $2 WHERE name = $3")

@@ -72,7 +72,7 @@ async fn project_json(st: &St, c: &Caller, p: &Project) -> Result<Value, ApiErro
         "deleted": false,
         "togglable": true,
         "registry_id": null,
-        "repo_count": st.db.repositories(Some(p.id)).await?.len(),
+        "repo_count": st.db.repository_count(p.id).await?,
         "current_user_role_id": role.unwrap_or(0),
         "current_user_role_ids": role.map(|r| vec![r]).unwrap_or_default(),
         "metadata": meta,
@@ -225,7 +225,7 @@ pub async fn summary(
 ) -> ApiResult {
     let p = resolve(&st, &headers, &p).await?;
     need(&st, &c, &p, Res::Project, Act::Read).await?;
-    let mut out = json!({"repo_count": st.db.repositories(Some(p.id)).await?.len()});
+    let mut out = json!({"repo_count": st.db.repository_count(p.id).await?});
     if st.allowed(&c.principal, &p, Res::Member, Act::List).await? {
         let ms = st.db.members(p.id).await?;
         let count = |r: i64| ms.iter().filter(|m| m.role_id == r).count();

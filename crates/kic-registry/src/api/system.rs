@@ -70,7 +70,7 @@ pub async fn statistics(State(st): State<St>, c: Caller) -> ApiResult {
         {
             continue;
         }
-        let n = st.db.repositories(Some(p.id)).await?.len() as i64;
+        let n = st.db.repository_count(p.id).await?;
         if p.public {
             pubp += 1;
             pubr += n;
