@@ -278,3 +278,56 @@ impl FromRequestParts<St> for Caller {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+    use crate::state::AppState;
+
+    #[tokio::test]
+    async fn expired_and_disabled_robots_cannot_log_in() {
+        set_hash_cost(256, 1);
+        let dir = tempfile::tempdir().unwrap();
+        let mut cfg = Config::new(dir.path().join("data"), "127.0.0.1:0".parse().unwrap());
+        cfg.admin_password = Some("Harbor12345".into());
+        let (st, generated) = AppState::open(cfg).await.unwrap();
+        assert!(generated.is_none());
+        let now = crate::db::now();
+        let h = hash_secret("s3cret-s3cret");
+        for (name, expires, disabled) in [
+            ("robot$ok", -1, false),
+            ("robot$old", now - 1, false),
+            ("robot$off", now + 3600, true),
+        ] {
+            let id = st
+                .db
+                .create_robot(name, "", &h, "system", 0, 1, expires, "[]", "admin")
+                .await
+                .unwrap();
+            if disabled {
+                st.db
+                    .update_robot(id, "", true, 1, expires, "[]")
+                    .await
+                    .unwrap();
+            }
+        }
+        assert!(verify_credentials(&st, "robot$ok", "s3cret-s3cret")
+            .await
+            .is_some());
+        assert!(verify_credentials(&st, "robot$ok", "wrong").await.is_none());
+        assert!(verify_credentials(&st, "robot$old", "s3cret-s3cret")
+            .await
+            .is_none());
+        assert!(verify_credentials(&st, "robot$off", "s3cret-s3cret")
+            .await
+            .is_none());
+        assert!(matches!(
+            verify_credentials(&st, "admin", "Harbor12345").await,
+            Some(Principal::User { sysadmin: true, .. })
+        ));
+        // Tokens issued to a robot stop working once it expires.
+        assert!(principal_by_name(&st, "robot$old").await.is_none());
+        assert!(principal_by_name(&st, "robot$ok").await.is_some());
+    }
+}
