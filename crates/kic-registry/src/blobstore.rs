@@ -16,7 +16,7 @@ use bytes::Bytes;
 use futures::{Stream, StreamExt};
 use sha2::{Digest as _, Sha256};
 use tokio::fs::{self, File, OpenOptions};
-use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt, BufWriter};
+use tokio::io::{AsyncReadExt, AsyncWriteExt, BufWriter};
 
 use crate::digest::Digest;
 use crate::layout::Layout;
@@ -91,15 +91,6 @@ impl BlobStore {
             .await
             .ok()
             .map(|m| m.len())
-    }
-
-    /// Opens a committed blob positioned at `offset`.
-    pub async fn open_at(&self, d: &Digest, offset: u64) -> io::Result<File> {
-        let mut f = File::open(self.layout.blob(d)).await?;
-        if offset > 0 {
-            f.seek(SeekFrom::Start(offset)).await?;
-        }
-        Ok(f)
     }
 
     /// Streams `len` bytes of a committed blob from `offset`. A blocking thread reads ahead

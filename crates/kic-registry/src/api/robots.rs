@@ -217,7 +217,7 @@ pub async fn create(State(st): State<St>, c: Caller, b: Bytes) -> ApiResult {
         .into_response();
     resp.headers_mut().insert(
         axum::http::header::LOCATION,
-        super::super::oci::hv(&format!("/api/v2.0/robots/{id}")),
+        crate::oci::hv(&format!("/api/v2.0/robots/{id}")),
     );
     Ok(resp)
 }

@@ -103,14 +103,8 @@ pub fn valid_tag(t: &str) -> bool {
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'.' | b'_' | b'-'))
 }
 
-fn challenge(
-    st: &St,
-    c: Option<&Caller>,
-    base: &str,
-    scope: Option<String>,
-    insufficient: bool,
-) -> String {
-    let _ = c;
+/// The `WWW-Authenticate` value pointing Docker clients at our token service.
+fn challenge(st: &St, base: &str, scope: Option<String>, insufficient: bool) -> String {
     let mut s = format!(
         "Bearer realm=\"{base}/service/token\",service=\"{}\"",
         st.config.service
@@ -126,7 +120,7 @@ fn challenge(
 
 fn unauthorized(st: &St, base: &str, scope: Option<String>, insufficient: bool) -> OciError {
     let mut e = OciError::new(OciCode::Unauthorized);
-    e.challenge = Some(challenge(st, None, base, scope, insufficient));
+    e.challenge = Some(challenge(st, base, scope, insufficient));
     e
 }
 
