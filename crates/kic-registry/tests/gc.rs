@@ -30,7 +30,7 @@ async fn run_gc(a: &Api) -> Value {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn gc_under_concurrent_pushes_loses_nothing() {
-    let srv = Server::start_with(&["--gc-grace-secs", "2"]);
+    let srv = Server::start_with(&["--gc-grace-secs", "3"]);
     let a = srv.admin();
     a.create_project("p", false).await;
 
@@ -46,7 +46,7 @@ async fn gc_under_concurrent_pushes_loses_nothing() {
         StatusCode::ACCEPTED
     );
     let reused = a.push_blob("p/late", b"reused-later").await;
-    tokio::time::sleep(Duration::from_millis(3100)).await;
+    tokio::time::sleep(Duration::from_millis(4100)).await;
 
     // During: pushers and a GC loop race for 4 seconds.
     let stop = Instant::now() + Duration::from_secs(4);
@@ -81,6 +81,7 @@ async fn gc_under_concurrent_pushes_loses_nothing() {
     let slow = {
         let a = a.clone();
         let reused = reused.clone();
+        let (m0, _) = a.push_image_parts("p/late", b"late-layer").await;
         // The HEAD comes before the GC loop starts (it is what makes the push "in flight").
         let r = a
             .req(Method::HEAD, &format!("/v2/p/late/blobs/{reused}"))
@@ -89,7 +90,6 @@ async fn gc_under_concurrent_pushes_loses_nothing() {
             .unwrap();
         assert_eq!(r.status(), StatusCode::OK);
         tokio::spawn(async move {
-            let (m0, _) = a.push_image_parts("p/late", b"late-layer").await;
             tokio::time::sleep(Duration::from_millis(1500)).await;
             let mut v: Value = serde_json::from_slice(&m0).unwrap();
             v["layers"].as_array_mut().unwrap().push(serde_json::json!({
