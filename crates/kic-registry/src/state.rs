@@ -39,7 +39,14 @@ impl AppState {
     /// returns the generated password if one was generated.
     pub async fn open(config: Config) -> anyhow::Result<(St, Option<String>)> {
         let layout = Layout::new(&config.data_dir);
-        std::fs::create_dir_all(layout.root())?;
+        if !layout.root().exists() {
+            // Password hashes and the token key live here: owner only.
+            use std::os::unix::fs::DirBuilderExt;
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(layout.root())?;
+        }
         let url = match &config.database_url {
             Some(u) => u.clone(),
             None => format!("sqlite://{}?mode=rwc", layout.sqlite_db().display()),

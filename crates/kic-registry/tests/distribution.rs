@@ -43,6 +43,14 @@ async fn base_and_challenge() {
     );
     assert_eq!(error_code(r).await, "UNAUTHORIZED");
     assert_eq!(admin.get("/v2/").await.status(), StatusCode::OK);
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(&srv.data).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o700, "data directory is private");
+    let key = std::fs::metadata(srv.data.join("token.key"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(key & 0o777, 0o600, "token key is private");
     assert_eq!(
         srv.client()
             .basic("admin", "wrong")
