@@ -230,14 +230,12 @@ impl FromRequestParts<St> for Caller {
             .get::<ConnectInfo<SocketAddr>>()
             .map(|c| c.0.ip().to_string())
             .unwrap_or_default();
-        let host = parts
-            .headers
-            .get(header::HOST)
-            .and_then(|h| h.to_str().ok())
-            .map(str::to_string)
-            .unwrap_or_else(|| st.config.listen.to_string());
-        let scheme = if st.config.tls() { "https" } else { "http" };
-        let base_url = format!("{scheme}://{host}");
+        let base_url = st.config.base_url(
+            parts
+                .headers
+                .get(header::HOST)
+                .and_then(|h| h.to_str().ok()),
+        );
         let auth = parts
             .headers
             .get(header::AUTHORIZATION)

@@ -26,6 +26,9 @@ pub struct Config {
     pub gc_interval_secs: u64,
     /// Abandoned upload sessions older than this are removed by GC.
     pub upload_ttl_secs: u64,
+    /// How clients reach us (`https://registry.example.com`) when a proxy sits in front;
+    /// otherwise derived from each request's `Host` header.
+    pub external_url: Option<String>,
 }
 
 impl Config {
@@ -42,10 +45,21 @@ impl Config {
             gc_grace_secs: 3600,
             gc_interval_secs: 0,
             upload_ttl_secs: 24 * 3600,
+            external_url: None,
         }
     }
 
     pub fn tls(&self) -> bool {
         self.tls_cert.is_some()
+    }
+
+    /// `scheme://host[:port]` of this registry as a client addressed it.
+    pub fn base_url(&self, host_header: Option<&str>) -> String {
+        if let Some(u) = &self.external_url {
+            return u.trim_end_matches('/').to_string();
+        }
+        let scheme = if self.tls() { "https" } else { "http" };
+        let listen = self.listen.to_string();
+        format!("{scheme}://{}", host_header.unwrap_or(&listen))
     }
 }

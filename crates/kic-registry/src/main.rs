@@ -61,6 +61,10 @@ struct ServeArgs {
     /// Argon2id iterations for new password and secret hashes.
     #[arg(long, default_value_t = 2)]
     argon2_iterations: u32,
+    /// How clients reach the registry (e.g. https://registry.example.com) when a proxy sits in
+    /// front; used in token challenges and `systeminfo`. Default: each request's Host header.
+    #[arg(long, env = "KIC_REGISTRY_EXTERNAL_URL")]
+    external_url: Option<String>,
     /// Token lifetime in seconds.
     #[arg(long, default_value_t = 1800)]
     token_ttl_secs: i64,
@@ -88,6 +92,7 @@ fn main() -> anyhow::Result<()> {
         cfg.gc_grace_secs = a.gc_grace_secs;
         cfg.gc_interval_secs = a.gc_interval_secs;
         cfg.token_ttl_secs = a.token_ttl_secs;
+        cfg.external_url = a.external_url;
         let listener = tokio::net::TcpListener::bind(cfg.listen)
             .await
             .with_context(|| format!("binding {}", cfg.listen))?;

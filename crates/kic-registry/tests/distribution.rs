@@ -779,3 +779,20 @@ async fn concurrent_pushes_of_the_same_blob() {
         assert_eq!(sha(&got), d);
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn external_url_names_the_token_realm() {
+    let srv = Server::start_with(&["--external-url", "https://reg.example.test/"]);
+    let r = srv.client().get("/v2/").await;
+    let ch = r.headers()["www-authenticate"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        ch.starts_with("Bearer realm=\"https://reg.example.test/service/token\""),
+        "{ch}"
+    );
+    let info = srv.client().json("/api/v2.0/systeminfo").await;
+    assert_eq!(info["registry_url"], "reg.example.test");
+    assert_eq!(info["external_url"], "https://reg.example.test");
+}

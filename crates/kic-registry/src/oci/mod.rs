@@ -170,12 +170,10 @@ fn caller_or_challenge(
     headers: &HeaderMap,
 ) -> Result<Caller, OciError> {
     c.map_err(|_| {
-        let host = headers
-            .get(header::HOST)
-            .and_then(|h| h.to_str().ok())
-            .unwrap_or("localhost");
-        let scheme = if st.config.tls() { "https" } else { "http" };
-        unauthorized(st, &format!("{scheme}://{host}"), None, false)
+        let base = st
+            .config
+            .base_url(headers.get(header::HOST).and_then(|h| h.to_str().ok()));
+        unauthorized(st, &base, None, false)
     })
 }
 
