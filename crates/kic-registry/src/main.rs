@@ -77,6 +77,7 @@ fn main() -> anyhow::Result<()> {
                 .unwrap_or_else(|_| "kic_registry=info".into()),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let Cmd::Serve(a) = Cli::parse().cmd;
     let rt = tokio::runtime::Builder::new_multi_thread()

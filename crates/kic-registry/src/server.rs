@@ -35,7 +35,33 @@ pub fn router(st: St) -> Router {
             get(crate::token::get_token).post(crate::token::post_token),
         )
         .nest("/api/v2.0", crate::api::router())
+        .layer(axum::middleware::from_fn(access_log))
         .with_state(st)
+}
+
+/// One debug line per request (`KIC_LOG=kic_registry::access=debug`).
+async fn access_log(
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    if !tracing::enabled!(target: "kic_registry::access", tracing::Level::DEBUG) {
+        return next.run(req).await;
+    }
+    let (method, path) = (req.method().clone(), req.uri().path().to_string());
+    let peer = req
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|c| c.0.to_string())
+        .unwrap_or_default();
+    let started = std::time::Instant::now();
+    let resp = next.run(req).await;
+    tracing::debug!(
+        target: "kic_registry::access",
+        "{peer} {method} {path} {} {}ms",
+        resp.status().as_u16(),
+        started.elapsed().as_millis()
+    );
+    resp
 }
 
 /// Starts periodic work: pull counters and scheduled GC.
