@@ -117,6 +117,13 @@ async fn port_layer(vch: &str) -> PortLayer {
         .expect("port layer")
 }
 
+/// No test may hang the suite: each gets four minutes.
+async fn bounded(f: impl std::future::Future<Output = ()>) {
+    tokio::time::timeout(Duration::from_secs(240), f)
+        .await
+        .expect("the test did not finish within 240 s")
+}
+
 fn sh(script: &str) -> Option<Vec<String>> {
     Some(vec!["sh".into(), "-c".into(), script.into()])
 }
@@ -145,9 +152,7 @@ async fn run(pl: &PortLayer, req: CreateRequest) -> (Vec<u8>, Vec<u8>, i32) {
     (o, e, code)
 }
 
-#[tokio::test(flavor = "multi_thread")]
-#[ignore = "boots VMs: run through make test"]
-async fn stdout_and_stderr_arrive_separately_and_in_full() {
+async fn stdout_and_stderr_arrive_separately_and_in_full_body() {
     let pl = port_layer("vmtest-output").await;
     let req = CreateRequest {
         image: setup().busybox.clone(),
@@ -162,9 +167,7 @@ async fn stdout_and_stderr_arrive_separately_and_in_full() {
     assert_eq!(err, b"to-stderr\n");
 }
 
-#[tokio::test(flavor = "multi_thread")]
-#[ignore = "boots VMs: run through make test"]
-async fn env_workdir_and_user_are_honoured() {
+async fn env_workdir_and_user_are_honoured_body() {
     let pl = port_layer("vmtest-identity").await;
     let req = CreateRequest {
         image: setup().busybox.clone(),
@@ -208,9 +211,7 @@ async fn env_workdir_and_user_are_honoured() {
     pl.remove(&v.config.id, true).await.unwrap();
 }
 
-#[tokio::test(flavor = "multi_thread")]
-#[ignore = "boots VMs: run through make test"]
-async fn exec_tty_kill_and_no_image_copy() {
+async fn exec_tty_kill_and_no_image_copy_body() {
     let s = setup();
     let pl = port_layer("vmtest-exec").await;
     let v = pl
@@ -363,9 +364,7 @@ fn du(p: &Path) -> u64 {
         .unwrap()
 }
 
-#[tokio::test(flavor = "multi_thread")]
-#[ignore = "boots VMs: run through make test"]
-async fn main_process_with_a_terminal_and_stdin() {
+async fn main_process_with_a_terminal_and_stdin_body() {
     let pl = port_layer("vmtest-tty").await;
     let req = CreateRequest {
         image: setup().busybox.clone(),
@@ -399,11 +398,30 @@ async fn main_process_with_a_terminal_and_stdin() {
     assert_eq!(pl.wait(&v.config.id).await.unwrap(), 0);
     assert_eq!(output(&pl, &v.config.id).await.0, b"got:abc\n");
     pl.remove(&v.config.id, false).await.unwrap();
+    // stop: the stop signal first; a process that ignores it is killed after the timeout.
+    let v = pl
+        .create(CreateRequest {
+            image: setup().busybox.clone(),
+            cmd: sh("trap 'echo got-term' TERM; echo ready; while true; do sleep 0.1; done"),
+            stop_timeout: Some(1),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    pl.start(&v.config.id).await.unwrap();
+    // Stop only once the trap is set (a TERM before it would end the shell, as with Docker).
+    let mut logs = pl.logs(&v.config.id, true, false).unwrap();
+    assert_eq!(logs.recv().await.unwrap().data, b"ready\n");
+    let t0 = Instant::now();
+    pl.stop(&v.config.id, None).await.unwrap();
+    assert!(t0.elapsed() < Duration::from_secs(20));
+    assert_eq!(pl.wait(&v.config.id).await.unwrap(), 137);
+    assert!(String::from_utf8_lossy(&output(&pl, &v.config.id).await.0).contains("got-term"));
+    let e = pl.remove(&v.config.id, false).await;
+    assert!(e.is_ok(), "{e:?}");
 }
 
-#[tokio::test(flavor = "multi_thread")]
-#[ignore = "boots VMs: run through make test"]
-async fn debian_image_runs() {
+async fn debian_image_runs_body() {
     let Some(debian) = setup().debian.clone() else {
         panic!("the debian test image was not built (make test builds it)");
     };
@@ -425,9 +443,7 @@ async fn debian_image_runs() {
 
 /// `kill -9` of the host process while a container prints: a new host process gets the rest of
 /// the output and the exit code, with nothing lost or repeated.
-#[tokio::test(flavor = "multi_thread")]
-#[ignore = "boots VMs: run through make test"]
-async fn host_process_killed_mid_run_loses_nothing() {
+async fn host_process_killed_mid_run_loses_nothing_body() {
     let s = setup();
     let kicctl = env!("CARGO_BIN_EXE_kicctl");
     let name = format!("survivor{}", std::process::id());
@@ -496,4 +512,40 @@ async fn host_process_killed_mid_run_loses_nothing() {
     let mut rm = Command::new(kicctl);
     base(&mut rm);
     assert!(rm.args(["rm", &name]).status().unwrap().success());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "boots VMs: run through make test"]
+async fn stdout_and_stderr_arrive_separately_and_in_full() {
+    bounded(stdout_and_stderr_arrive_separately_and_in_full_body()).await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "boots VMs: run through make test"]
+async fn env_workdir_and_user_are_honoured() {
+    bounded(env_workdir_and_user_are_honoured_body()).await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "boots VMs: run through make test"]
+async fn exec_tty_kill_and_no_image_copy() {
+    bounded(exec_tty_kill_and_no_image_copy_body()).await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "boots VMs: run through make test"]
+async fn main_process_with_a_terminal_and_stdin() {
+    bounded(main_process_with_a_terminal_and_stdin_body()).await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "boots VMs: run through make test"]
+async fn debian_image_runs() {
+    bounded(debian_image_runs_body()).await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "boots VMs: run through make test"]
+async fn host_process_killed_mid_run_loses_nothing() {
+    bounded(host_process_killed_mid_run_loses_nothing_body()).await
 }

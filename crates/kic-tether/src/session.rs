@@ -7,11 +7,12 @@ use kic_proto::{
     frame, handshake, mux, Event, OutputStart, Request, Response, StreamHeader, MAIN_ID,
     PROTOCOL_VERSION,
 };
+use std::future::Future;
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
-use std::task::{ready, Context, Poll};
+use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::io::unix::AsyncFd;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
@@ -23,62 +24,113 @@ pub struct Tether {
 }
 
 /// The port device as a tokio I/O object. A read of 0 bytes means the host went away.
-struct PortIo(AsyncFd<OwnedFd>);
+///
+/// Readiness comes from epoll, but a virtio port can miss a wake-up (the out-queue interrupt is
+/// suppressed by event-index when buffers are reclaimed late), so while blocked the I/O is also
+/// retried on a short timer: a lost wake-up costs milliseconds instead of stalling the session.
+struct PortIo {
+    fd: AsyncFd<OwnedFd>,
+    read_retry: Pin<Box<tokio::time::Sleep>>,
+    write_retry: Pin<Box<tokio::time::Sleep>>,
+}
+
+const RETRY: Duration = Duration::from_millis(5);
+
+impl PortIo {
+    fn new(fd: AsyncFd<OwnedFd>) -> Self {
+        let now = tokio::time::Instant::now();
+        PortIo {
+            fd,
+            read_retry: Box::pin(tokio::time::sleep_until(now)),
+            write_retry: Box::pin(tokio::time::sleep_until(now)),
+        }
+    }
+}
+
+fn sys_read(fd: &OwnedFd, buf: &mut [u8]) -> io::Result<usize> {
+    // SAFETY: `buf` is valid writable memory of its length.
+    let n = unsafe { libc::read(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
+    if n < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(n as usize)
+    }
+}
+
+fn sys_write(fd: &OwnedFd, data: &[u8]) -> io::Result<usize> {
+    // SAFETY: `data` is valid for its length.
+    let n = unsafe { libc::write(fd.as_raw_fd(), data.as_ptr().cast(), data.len()) };
+    if n < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(n as usize)
+    }
+}
+
+/// Wait on the retry timer; true when it fired (try the I/O again now).
+fn retry_fired(timer: &mut Pin<Box<tokio::time::Sleep>>, cx: &mut Context<'_>) -> bool {
+    if timer.is_elapsed() {
+        timer.as_mut().reset(tokio::time::Instant::now() + RETRY);
+    }
+    timer.as_mut().poll(cx).is_ready()
+}
 
 impl AsyncRead for PortIo {
     fn poll_read(
-        self: Pin<&mut Self>,
+        mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
+        let this = &mut *self;
         loop {
-            let mut g = ready!(self.0.poll_read_ready(cx))?;
-            let unfilled = buf.initialize_unfilled();
-            match g.try_io(|inner| {
-                // SAFETY: `unfilled` is valid writable memory of its length.
-                let n = unsafe {
-                    libc::read(
-                        inner.as_raw_fd(),
-                        unfilled.as_mut_ptr().cast(),
-                        unfilled.len(),
-                    )
-                };
-                if n < 0 {
-                    Err(io::Error::last_os_error())
-                } else {
-                    Ok(n as usize)
+            let r = match this.fd.poll_read_ready(cx) {
+                Poll::Ready(g) => {
+                    let mut g = g?;
+                    match g.try_io(|inner| sys_read(inner.get_ref(), buf.initialize_unfilled())) {
+                        Ok(r) => r,
+                        Err(_would_block) => continue,
+                    }
                 }
-            }) {
-                Ok(Ok(n)) => {
-                    buf.advance(n);
-                    return Poll::Ready(Ok(()));
+                Poll::Pending => {
+                    if !retry_fired(&mut this.read_retry, cx) {
+                        return Poll::Pending;
+                    }
+                    match sys_read(this.fd.get_ref(), buf.initialize_unfilled()) {
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                        r => r,
+                    }
                 }
-                Ok(Err(e)) => return Poll::Ready(Err(e)),
-                Err(_would_block) => continue,
-            }
+            };
+            return Poll::Ready(r.map(|n| buf.advance(n)));
         }
     }
 }
 
 impl AsyncWrite for PortIo {
     fn poll_write(
-        self: Pin<&mut Self>,
+        mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         data: &[u8],
     ) -> Poll<io::Result<usize>> {
+        let this = &mut *self;
         loop {
-            let mut g = ready!(self.0.poll_write_ready(cx))?;
-            match g.try_io(|inner| {
-                // SAFETY: `data` is valid for its length.
-                let n = unsafe { libc::write(inner.as_raw_fd(), data.as_ptr().cast(), data.len()) };
-                if n < 0 {
-                    Err(io::Error::last_os_error())
-                } else {
-                    Ok(n as usize)
+            match this.fd.poll_write_ready(cx) {
+                Poll::Ready(g) => {
+                    let mut g = g?;
+                    match g.try_io(|inner| sys_write(inner.get_ref(), data)) {
+                        Ok(r) => return Poll::Ready(r),
+                        Err(_would_block) => continue,
+                    }
                 }
-            }) {
-                Ok(r) => return Poll::Ready(r),
-                Err(_would_block) => continue,
+                Poll::Pending => {
+                    if !retry_fired(&mut this.write_retry, cx) {
+                        return Poll::Pending;
+                    }
+                    match sys_write(this.fd.get_ref(), data) {
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                        r => return Poll::Ready(r),
+                    }
+                }
             }
         }
     }
@@ -109,7 +161,7 @@ pub async fn serve(t: Arc<Tether>, port: OwnedFd) {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         let io = match port.try_clone().and_then(crate::procs::nonblocking) {
-            Ok(fd) => PortIo(fd),
+            Ok(fd) => PortIo::new(fd),
             Err(e) => {
                 eprintln!("kic-tether: cannot use the channel: {e}");
                 tokio::time::sleep(Duration::from_secs(1)).await;
