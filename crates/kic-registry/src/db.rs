@@ -345,10 +345,45 @@ impl WriteTx<'_> {
     }
 }
 
+/// A cluster-wide PostgreSQL advisory lock (session level) held on a connection of its own.
+/// Release it with [`ClusterLock::release`]; dropped unreleased (an early return), its
+/// connection is closed instead of going back to the pool, which releases the lock too.
+pub struct ClusterLock {
+    conn: Option<sqlx::pool::PoolConnection<Any>>,
+}
+
+impl ClusterLock {
+    pub async fn release(mut self) {
+        if let Some(mut c) = self.conn.take() {
+            if sqlx::query("SELECT pg_advisory_unlock_all()")
+                .execute(&mut *c)
+                .await
+                .is_err()
+            {
+                drop(c.detach());
+            }
+        }
+    }
+}
+
+impl Drop for ClusterLock {
+    fn drop(&mut self) {
+        if let Some(c) = self.conn.take() {
+            drop(c.detach());
+        }
+    }
+}
+
+/// Advisory lock key shared by pushes (shared) and garbage collection (exclusive).
+const GC_LOCK_KEY: i64 = 0x6b69_6367; // "kicg"
+
 /// Handle to the metadata store.
 #[derive(Clone)]
 pub struct Db {
     pool: AnyPool,
+    /// PostgreSQL only: connections that hold advisory locks (never used for queries, so a
+    /// lock holder waiting for a query connection cannot starve the others).
+    lock_pool: Option<AnyPool>,
     writer: Option<Arc<Mutex<()>>>,
     backend: &'static str,
 }
@@ -376,13 +411,41 @@ impl Db {
             opts
         };
         let pool = opts.connect(url).await?;
+        let lock_pool = if sqlite {
+            None
+        } else {
+            Some(
+                AnyPoolOptions::new()
+                    .max_connections(32)
+                    .min_connections(0)
+                    .connect_lazy(url)?,
+            )
+        };
         let db = Db {
             pool,
+            lock_pool,
             writer: sqlite.then(|| Arc::new(Mutex::new(()))),
             backend: if sqlite { "sqlite" } else { "postgresql" },
         };
         db.migrate().await?;
         Ok(db)
+    }
+
+    /// Takes the cluster-wide GC lock (shared for pushes, exclusive for GC) when several
+    /// registries may share this database (PostgreSQL); `None` on SQLite, which serves one
+    /// process only (the in-process lock covers it).
+    pub async fn cluster_lock(&self, exclusive: bool) -> Result<Option<ClusterLock>> {
+        let Some(lp) = &self.lock_pool else {
+            return Ok(None);
+        };
+        let mut conn = lp.acquire().await?;
+        let q = if exclusive {
+            "SELECT pg_advisory_lock($1)"
+        } else {
+            "SELECT pg_advisory_lock_shared($1)"
+        };
+        sqlx::query(q).bind(GC_LOCK_KEY).execute(&mut *conn).await?;
+        Ok(Some(ClusterLock { conn: Some(conn) }))
     }
 
     pub fn backend(&self) -> &'static str {

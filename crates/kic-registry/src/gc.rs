@@ -1,13 +1,17 @@
 //! Garbage collection of blobs no manifest references.
 //!
 //! Runs while pushes go on. The rule that keeps in-flight pushes safe: a push makes a blob
-//! *referenced* (records a manifest naming it) while holding [`AppState::gc_lock`] shared, after
-//! checking the blob is there; GC re-checks and deletes each batch while holding it exclusive.
+//! *referenced* (records a manifest naming it) while holding the GC lock shared
+//! ([`AppState::push_guard`]), after checking the blob is there; GC re-checks and deletes each
+//! batch while holding it exclusive ([`AppState::gc_guard`]). The lock is in-process and, on
+//! PostgreSQL, also a cluster-wide advisory lock, so registries sharing one database and one
+//! data directory keep the rule among themselves.
 //! A blob an unfinished push is about to reference was uploaded, mounted or `HEAD`-checked by
 //! that push, which sets its `last_seen`; GC spares every blob seen within the grace period
 //! (`--gc-grace-secs`), so a push has that long between sending a blob and its manifest.
 //!
-//! [`AppState::gc_lock`]: crate::state::AppState::gc_lock
+//! [`AppState::push_guard`]: crate::state::AppState::push_guard
+//! [`AppState::gc_guard`]: crate::state::AppState::gc_guard
 
 use std::time::{Duration, Instant};
 
@@ -37,15 +41,21 @@ pub async fn run(st: &St) -> Result<GcReport, StoreError> {
     let candidates = st.db.gc_candidates(cutoff).await?;
     let (mut deleted, mut freed) = (0, 0);
     for batch in candidates.chunks(64) {
-        let _w = st.gc_lock.write().await;
-        for d in batch {
-            let Some(dg) = Digest::parse(d) else { continue };
-            if st.db.gc_forget(d, cutoff).await? {
-                freed += st.store.size(&dg).await.unwrap_or(0);
-                st.store.delete(&dg).await?;
-                deleted += 1;
+        let w = st.gc_guard().await?;
+        let r = async {
+            for d in batch {
+                let Some(dg) = Digest::parse(d) else { continue };
+                if st.db.gc_forget(d, cutoff).await? {
+                    freed += st.store.size(&dg).await.unwrap_or(0);
+                    st.store.delete(&dg).await?;
+                    deleted += 1;
+                }
             }
+            Ok::<_, StoreError>(())
         }
+        .await;
+        w.release().await;
+        r?;
     }
     let orphan_files = sweep_orphans(st, cutoff).await?;
     let purged_uploads = st
@@ -93,9 +103,17 @@ async fn sweep_orphans(st: &St, cutoff: i64) -> Result<usize, StoreError> {
             if !old || st.db.blob(d.as_str()).await?.is_some() {
                 continue;
             }
-            let _w = st.gc_lock.write().await;
-            if st.db.blob(d.as_str()).await?.is_none() {
-                st.store.delete(&d).await?;
+            let w = st.gc_guard().await?;
+            let r = async {
+                if st.db.blob(d.as_str()).await?.is_none() {
+                    st.store.delete(&d).await?;
+                    return Ok::<_, StoreError>(true);
+                }
+                Ok(false)
+            }
+            .await;
+            w.release().await;
+            if r? {
                 n += 1;
             }
         }

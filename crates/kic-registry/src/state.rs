@@ -4,7 +4,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use tokio::sync::RwLock;
+use tokio::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use crate::audit::AuditSink;
 use crate::auth::{hash_secret, Principal};
@@ -121,6 +121,27 @@ impl AppState {
         Ok(by_identity || (project.public && rbac::public_allows(res, act)))
     }
 
+    /// Taken by a push while it makes blobs referenced or fresh (see [`crate::gc`]): the
+    /// in-process lock shared, plus the cluster-wide one on PostgreSQL.
+    pub async fn push_guard(&self) -> crate::db::Result<GcGuard<RwLockReadGuard<'_, ()>>> {
+        let local = self.gc_lock.read().await;
+        let cluster = self.db.cluster_lock(false).await?;
+        Ok(GcGuard {
+            _local: local,
+            cluster,
+        })
+    }
+
+    /// Taken by GC around each batch it re-checks and deletes: both locks exclusive.
+    pub async fn gc_guard(&self) -> crate::db::Result<GcGuard<RwLockWriteGuard<'_, ()>>> {
+        let local = self.gc_lock.write().await;
+        let cluster = self.db.cluster_lock(true).await?;
+        Ok(GcGuard {
+            _local: local,
+            cluster,
+        })
+    }
+
     /// Forgets cached credentials (after any change to users or robots).
     pub fn invalidate_credentials(&self) {
         self.creds.lock().unwrap().clear();
@@ -140,6 +161,20 @@ impl AppState {
         let pulls = std::mem::take(&mut *self.pulls.lock().unwrap());
         for ((repo, artifact), n) in pulls {
             let _ = self.db.add_pulls(&repo, artifact, n).await;
+        }
+    }
+}
+
+/// The GC lock pair held by a push or a GC batch; call [`GcGuard::release`] when done.
+pub struct GcGuard<L> {
+    _local: L,
+    cluster: Option<crate::db::ClusterLock>,
+}
+
+impl<L> GcGuard<L> {
+    pub async fn release(self) {
+        if let Some(c) = self.cluster {
+            c.release().await;
         }
     }
 }

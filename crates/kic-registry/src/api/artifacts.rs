@@ -370,53 +370,58 @@ async fn copy_artifact(
     project_id: i64,
     tag: Option<&str>,
 ) -> Result<(), ApiError> {
-    let _g = st.gc_lock.read().await;
-    let mut stack = vec![(src.clone(), tag.map(str::to_string))];
-    let mut order = vec![];
-    while let Some((a, t)) = stack.pop() {
-        let refs = st.db.artifact_refs(a.id).await?;
-        for r in refs.iter().filter(|r| r.kind == "manifest") {
-            let child = st
-                .db
-                .artifact_by_digest(&a.repository_name, &r.digest)
-                .await?
-                .ok_or_else(|| {
-                    ApiError::not_found(format!("child manifest {} not found", r.digest))
-                })?;
-            stack.push((child, None));
-        }
-        order.push((a, t, refs));
-    }
-    // Children before their index.
-    for (a, t, refs) in order.into_iter().rev() {
-        for r in refs.iter().filter(|r| r.kind == "blob") {
-            if st
-                .db
-                .linked_blob(&a.repository_name, &r.digest)
-                .await?
-                .is_none()
-            {
-                return Err(ApiError::not_found(format!("blob {} not found", r.digest)));
+    let g = st.push_guard().await?;
+    let r = async {
+        let mut stack = vec![(src.clone(), tag.map(str::to_string))];
+        let mut order = vec![];
+        while let Some((a, t)) = stack.pop() {
+            let refs = st.db.artifact_refs(a.id).await?;
+            for r in refs.iter().filter(|r| r.kind == "manifest") {
+                let child = st
+                    .db
+                    .artifact_by_digest(&a.repository_name, &r.digest)
+                    .await?
+                    .ok_or_else(|| {
+                        ApiError::not_found(format!("child manifest {} not found", r.digest))
+                    })?;
+                stack.push((child, None));
             }
-            st.db.put_blob(to, &r.digest, r.size).await?;
+            order.push((a, t, refs));
         }
-        st.db
-            .put_artifact(&crate::db::NewArtifact {
-                project_id,
-                repository: to,
-                digest: &a.digest,
-                media_type: &a.media_type,
-                config_media_type: &a.config_media_type,
-                artifact_type: &a.artifact_type,
-                size: a.size,
-                subject: a.subject.as_deref(),
-                annotations: &a.annotations,
-                refs: &refs,
-                tag: t.as_deref(),
-            })
-            .await?;
+        // Children before their index.
+        for (a, t, refs) in order.into_iter().rev() {
+            for r in refs.iter().filter(|r| r.kind == "blob") {
+                if st
+                    .db
+                    .linked_blob(&a.repository_name, &r.digest)
+                    .await?
+                    .is_none()
+                {
+                    return Err(ApiError::not_found(format!("blob {} not found", r.digest)));
+                }
+                st.db.put_blob(to, &r.digest, r.size).await?;
+            }
+            st.db
+                .put_artifact(&crate::db::NewArtifact {
+                    project_id,
+                    repository: to,
+                    digest: &a.digest,
+                    media_type: &a.media_type,
+                    config_media_type: &a.config_media_type,
+                    artifact_type: &a.artifact_type,
+                    size: a.size,
+                    subject: a.subject.as_deref(),
+                    annotations: &a.annotations,
+                    refs: &refs,
+                    tag: t.as_deref(),
+                })
+                .await?;
+        }
+        Ok::<_, ApiError>(())
     }
-    Ok(())
+    .await;
+    g.release().await;
+    r
 }
 
 /// `POST /projects/{p}/repositories/{r}/artifacts?from=<project>/<repo>:<tag>|@<digest>`:

@@ -40,19 +40,32 @@ fn parse_range(v: &str, size: u64) -> Option<(u64, u64)> {
 pub async fn get(cx: Cx<'_>, d: &str, body: bool) -> OciResult {
     authorize(cx.st, cx.c, cx.repo, "pull").await?;
     let d = parse_digest(d)?;
-    // A HEAD may precede a push that skips this blob: the existence check and the refresh of
-    // `last_seen` happen under the GC lock, so GC cannot take the blob in between.
-    let _g = if body {
-        None
+    let size = if body {
+        cx.st.db.linked_blob(cx.repo, d.as_str()).await?
     } else {
-        Some(cx.st.gc_lock.read().await)
-    };
-    let size = cx
-        .st
-        .db
-        .linked_blob(cx.repo, d.as_str())
-        .await?
-        .ok_or_else(|| OciError::new(OciCode::BlobUnknown))? as u64;
+        // A HEAD may precede a push that skips this blob: the existence check and the refresh
+        // of `last_seen` happen under the GC lock, so GC cannot take the blob in between.
+        let g = cx.st.push_guard().await?;
+        let r = async {
+            let size = cx.st.db.linked_blob(cx.repo, d.as_str()).await?;
+            let every = (cx.st.config.gc_grace_secs / 4).min(30);
+            if size.is_some()
+                && cx
+                    .st
+                    .db
+                    .blob(d.as_str())
+                    .await?
+                    .is_some_and(|(_, seen)| seen < crate::db::now() - every)
+            {
+                cx.st.db.touch_blob(d.as_str()).await?;
+            }
+            Ok::<_, crate::errors::StoreError>(size)
+        }
+        .await;
+        g.release().await;
+        r?
+    }
+    .ok_or_else(|| OciError::new(OciCode::BlobUnknown))? as u64;
     let range = match cx.headers.get(header::RANGE).and_then(|v| v.to_str().ok()) {
         Some(r) => Some(parse_range(r, size).ok_or_else(|| {
             OciError::msg(
@@ -87,18 +100,6 @@ pub async fn get(cx: Cx<'_>, d: &str, body: bool) -> OciResult {
             header::CONTENT_RANGE,
             hv(&format!("bytes {start}-{end}/{size}")),
         );
-    }
-    if !body {
-        let every = (cx.st.config.gc_grace_secs / 4).min(30);
-        if cx
-            .st
-            .db
-            .blob(d.as_str())
-            .await?
-            .is_some_and(|(_, seen)| seen < crate::db::now() - every)
-        {
-            cx.st.db.touch_blob(d.as_str()).await?;
-        }
     }
     Ok(resp)
 }
@@ -153,9 +154,21 @@ pub async fn start_upload(cx: Cx<'_>, body: Body) -> OciResult {
         if let Some(from) = cx.q.get("from").filter(|f| super::valid_name(f)) {
             let readable = authorize(cx.st, cx.c, from, "pull").await.is_ok();
             if readable {
-                let _g = cx.st.gc_lock.read().await;
-                if let Some(size) = cx.st.db.linked_blob(from, d.as_str()).await? {
-                    cx.st.db.put_blob(cx.repo, d.as_str(), size).await?;
+                let g = cx.st.push_guard().await?;
+                let r = async {
+                    match cx.st.db.linked_blob(from, d.as_str()).await? {
+                        Some(size) => cx
+                            .st
+                            .db
+                            .put_blob(cx.repo, d.as_str(), size)
+                            .await
+                            .map(|_| true),
+                        None => Ok(false),
+                    }
+                }
+                .await;
+                g.release().await;
+                if r? {
                     return Ok(blob_created(cx.repo, &d));
                 }
             }
@@ -276,9 +289,14 @@ async fn finish(cx: Cx<'_>, id: &str, d: &Digest, body: Body) -> OciResult {
             });
         }
     };
-    let _g = cx.st.gc_lock.read().await;
-    cx.st.store.commit(id, d).await?;
-    cx.st.db.put_blob(cx.repo, d.as_str(), size as i64).await?;
+    let g = cx.st.push_guard().await?;
+    let r = async {
+        cx.st.store.commit(id, d).await?;
+        cx.st.db.put_blob(cx.repo, d.as_str(), size as i64).await
+    }
+    .await;
+    g.release().await;
+    r?;
     Ok(blob_created(cx.repo, d))
 }
 

@@ -261,37 +261,43 @@ pub async fn put(cx: Cx<'_>, reference: &str, body: Body) -> OciResult {
     {
         // Shared with other pushes, exclusive with a GC batch: nothing we find here can be
         // collected before our references are recorded.
-        let _g = cx.st.gc_lock.read().await;
-        for rf in &parsed.refs {
-            let known = match rf.kind.as_str() {
-                "blob" => cx.st.db.linked_blob(cx.repo, &rf.digest).await?.is_some(),
-                "manifest" => cx.st.db.has_manifest(cx.repo, &rf.digest).await?,
-                _ => true,
-            };
-            if !known {
-                return Err(OciError::msg(
-                    OciCode::ManifestBlobUnknown,
-                    format!("unknown {} {}", rf.kind, rf.digest),
-                ));
+        let g = cx.st.push_guard().await?;
+        let r = async {
+            for rf in &parsed.refs {
+                let known = match rf.kind.as_str() {
+                    "blob" => cx.st.db.linked_blob(cx.repo, &rf.digest).await?.is_some(),
+                    "manifest" => cx.st.db.has_manifest(cx.repo, &rf.digest).await?,
+                    _ => true,
+                };
+                if !known {
+                    return Err(OciError::msg(
+                        OciCode::ManifestBlobUnknown,
+                        format!("unknown {} {}", rf.kind, rf.digest),
+                    ));
+                }
             }
+            cx.st.store.put_small(&d, &data).await?;
+            cx.st
+                .db
+                .put_artifact(&NewArtifact {
+                    project_id: project.id,
+                    repository: cx.repo,
+                    digest: d.as_str(),
+                    media_type: &parsed.media_type,
+                    config_media_type: &parsed.config_media_type,
+                    artifact_type: &parsed.artifact_type,
+                    size: data.len() as i64,
+                    subject: parsed.subject.as_deref(),
+                    annotations: &parsed.annotations,
+                    refs: &parsed.refs,
+                    tag,
+                })
+                .await?;
+            Ok(())
         }
-        cx.st.store.put_small(&d, &data).await?;
-        cx.st
-            .db
-            .put_artifact(&NewArtifact {
-                project_id: project.id,
-                repository: cx.repo,
-                digest: d.as_str(),
-                media_type: &parsed.media_type,
-                config_media_type: &parsed.config_media_type,
-                artifact_type: &parsed.artifact_type,
-                size: data.len() as i64,
-                subject: parsed.subject.as_deref(),
-                annotations: &parsed.annotations,
-                refs: &parsed.refs,
-                tag,
-            })
-            .await?;
+        .await;
+        g.release().await;
+        r?;
     }
     let resource = match tag {
         Some(t) => format!("{}:{t}", cx.repo),
