@@ -189,3 +189,78 @@ async fn registry_on_postgresql() {
     );
     assert!(ok, "pull after restart: {err}");
 }
+
+/// Two registries on one PostgreSQL database and one data directory (the scale-out layout):
+/// pushes through one while the other collects garbage in a loop lose nothing.
+#[tokio::test(flavor = "multi_thread")]
+async fn two_registries_share_a_database_and_gc_safely() {
+    let pg = Pg::start();
+    let url = pg.url();
+    let args = ["--database-url", url.as_str(), "--gc-grace-secs", "2"];
+    let a_srv = Server::start_with(&args);
+    let b_srv = Server::spawn(&a_srv.data, &args);
+    let a = a_srv.admin();
+    let b = b_srv.admin();
+    a.create_project("p", false).await;
+    let orphan = a.push_blob("p/junk", b"shared-orphan").await;
+    // Seen through the other registry at once.
+    assert_eq!(b.json("/api/v2.0/projects/p").await["name"], "p");
+    tokio::time::sleep(std::time::Duration::from_millis(3100)).await;
+
+    let stop = std::time::Instant::now() + std::time::Duration::from_secs(3);
+    let pusher = {
+        let a = a.clone();
+        tokio::spawn(async move {
+            let mut pushed = vec![];
+            let mut i = 0;
+            while std::time::Instant::now() < stop {
+                let (m, _) = a
+                    .push_image_parts("p/app", format!("layer {i}").repeat(50).as_bytes())
+                    .await;
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                let r = a
+                    .push_manifest("p/app", &format!("t{i}"), OCI_MANIFEST, &m)
+                    .await;
+                assert_eq!(r.status(), StatusCode::CREATED);
+                pushed.push(sha(&m));
+                i += 1;
+            }
+            pushed
+        })
+    };
+    let mut deleted = 0;
+    while std::time::Instant::now() < stop {
+        let r = b
+            .req(Method::POST, "/api/v2.0/system/gc/schedule")
+            .json(&json!({}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::CREATED);
+        deleted += r.json::<serde_json::Value>().await.unwrap()["deleted_blobs"]
+            .as_u64()
+            .unwrap();
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let pushed = pusher.await.unwrap();
+    assert!(pushed.len() >= 5, "{} pushes", pushed.len());
+    assert!(deleted >= 1, "the orphan was collected");
+    for md in &pushed {
+        // Pull through the registry that collected.
+        let m: serde_json::Value = b.json(&format!("/v2/p/app/manifests/{md}")).await;
+        for desc in std::iter::once(&m["config"]).chain(m["layers"].as_array().unwrap()) {
+            let d = desc["digest"].as_str().unwrap();
+            let r = b.get(&format!("/v2/p/app/blobs/{d}")).await;
+            assert_eq!(r.status(), StatusCode::OK, "blob {d} lost");
+            assert_eq!(sha(&r.bytes().await.unwrap()), d);
+        }
+    }
+    assert_eq!(
+        a.req(Method::HEAD, &format!("/v2/p/junk/blobs/{orphan}"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        StatusCode::NOT_FOUND
+    );
+}
