@@ -27,17 +27,15 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 /// Bumped when the layout of what this crate writes changes.
-const BUILDER_VERSION: &str = "2";
+const BUILDER_VERSION: &str = "3";
 
-/// Modules the tether loads, in the order given (dependencies come first automatically).
+/// Device modules the tether loads first, in order (dependencies come first automatically).
+pub const DEFAULT_MODULES: &[&str] = &["virtio_pci", "virtio_console", "virtio_blk"];
+
+/// Filesystem modules, loaded by a second thread at the same time as the device modules (they
+/// share no dependencies); the container's disk is mounted once both are done.
 /// `crc32c_generic` is ext4's soft dependency (`crypto-crc32c`), which `modules.dep` omits.
-pub const DEFAULT_MODULES: &[&str] = &[
-    "virtio_pci",
-    "virtio_console",
-    "virtio_blk",
-    "crc32c_generic",
-    "ext4",
-];
+pub const DEFAULT_BACKGROUND_MODULES: &[&str] = &["crc32c_generic", "ext4"];
 
 /// The kernel command line for container VMs, tuned for a fast boot.
 /// `reboot=t` with libvirt's `on_reboot=destroy` lets the tether end the VM without ACPI.
@@ -110,6 +108,8 @@ pub struct BuildInputs {
     /// Kernel release; default: the newest one with both a `vmlinuz` and a modules directory.
     pub kernel_release: Option<String>,
     pub modules: Vec<String>,
+    /// Modules loaded in parallel with `modules` (anything also needed by `modules` stays there).
+    pub background_modules: Vec<String>,
     /// Where `/boot` and `/lib/modules` are (`/` normally; tests point elsewhere).
     pub sysroot: PathBuf,
 }
@@ -120,6 +120,10 @@ impl BuildInputs {
             tether: tether.into(),
             kernel_release: None,
             modules: DEFAULT_MODULES.iter().map(|s| s.to_string()).collect(),
+            background_modules: DEFAULT_BACKGROUND_MODULES
+                .iter()
+                .map(|s| s.to_string())
+                .collect(),
             sysroot: PathBuf::from("/"),
         }
     }
@@ -297,8 +301,14 @@ pub fn build(root: &Path, inputs: &BuildInputs) -> Result<BootImage> {
     let kernel_bytes = read(&vmlinuz)?;
     let dep_path = moddir.join("modules.dep");
     let modules_dep = String::from_utf8_lossy(&read(&dep_path)?).into_owned();
-    let order = resolve_modules(&modules_dep, &inputs.modules)
-        .map_err(|m| BootstrapError::NoModule(m, release.clone()))?;
+    let no_module = |m| BootstrapError::NoModule(m, release.clone());
+    let front = resolve_modules(&modules_dep, &inputs.modules).map_err(no_module)?;
+    let background: Vec<String> = resolve_modules(&modules_dep, &inputs.background_modules)
+        .map_err(no_module)?
+        .into_iter()
+        .filter(|m| !front.contains(m))
+        .collect();
+    let order: Vec<String> = front.iter().chain(&background).cloned().collect();
     let mut module_bytes = Vec::new();
     for m in &order {
         let p = moddir.join(m);
@@ -366,7 +376,7 @@ pub fn build(root: &Path, inputs: &BuildInputs) -> Result<BootImage> {
         }
         w.entry("dev/console", cpio::S_IFCHR | 0o600, &[], (5, 1))?;
         w.file("init", 0o755, &tether)?;
-        let mut list = String::new();
+        let (mut list, mut background_list) = (String::new(), String::new());
         for (m, b) in order.iter().zip(&module_bytes) {
             let rel = format!("lib/modules/{release}/{m}");
             let mut prefix = String::new();
@@ -380,11 +390,21 @@ pub fn build(root: &Path, inputs: &BuildInputs) -> Result<BootImage> {
                 }
             }
             w.file(&rel, 0o644, b)?;
-            list.push('/');
-            list.push_str(&rel);
-            list.push('\n');
+            let l = if background.contains(m) {
+                &mut background_list
+            } else {
+                &mut list
+            };
+            l.push('/');
+            l.push_str(&rel);
+            l.push('\n');
         }
         w.file("etc/kic/modules", 0o644, list.as_bytes())?;
+        w.file(
+            "etc/kic/modules.background",
+            0o644,
+            background_list.as_bytes(),
+        )?;
         Ok(())
     };
     cpio_all().map_err(write_err(&ipath))?;

@@ -88,10 +88,13 @@ pub fn metadata_element(json: &str) -> String {
 
 pub fn domain_xml(s: &DomainSpec) -> String {
     let p = |p: &Path| escape(&p.to_string_lossy());
+    // Under TCG the default model plus RDRAND: with `random.trust_cpu=on` the guest's random
+    // pool is ready at once instead of a second into the boot (anything calling getrandom()
+    // early, as the tether and its multiplexer do, would wait for it).
     let cpu = if s.domain_type == "kvm" {
         "<cpu mode='host-passthrough'/>"
     } else {
-        ""
+        "<cpu mode='custom' match='exact' check='none'><model fallback='allow'>qemu64</model><feature policy='require' name='rdrand'/></cpu>"
     };
     format!(
         r#"<domain type='{dtype}'>
@@ -185,5 +188,6 @@ mod tests {
         assert!(x.starts_with("<domain type='qemu'>"));
         assert!(x.contains("<target type='virtio' name='org.kic.tether.0'/>"));
         assert!(!x.contains("host-passthrough"));
+        assert!(x.contains("name='rdrand'"));
     }
 }

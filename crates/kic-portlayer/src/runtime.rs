@@ -37,6 +37,9 @@ pub struct Config {
     pub tether: PathBuf,
     pub default_memory_mib: u64,
     pub default_vcpus: u32,
+    /// Appended to the guest kernel command line (`kic.debug` prints the tether's boot steps
+    /// with their uptime to the console log).
+    pub extra_kernel_args: String,
 }
 
 impl Config {
@@ -47,7 +50,12 @@ impl Config {
             vch: vch.into(),
             tether: tether.into(),
             default_memory_mib: 512,
-            default_vcpus: 1,
+            // Two vCPUs (where the host has them): the guest loads its device and filesystem
+            // modules in parallel, and under TCG each vCPU is a host thread.
+            default_vcpus: std::thread::available_parallelism()
+                .map(|n| n.get().min(2) as u32)
+                .unwrap_or(1),
+            extra_kernel_args: String::new(),
         }
     }
 }
@@ -532,7 +540,12 @@ impl PortLayer {
             vcpus: c.vcpus,
             kernel: &boot_dir.join("vmlinux"),
             initrd: &boot_dir.join("initrd.img"),
-            cmdline: kic_bootstrap::KERNEL_CMDLINE,
+            cmdline: format!(
+                "{} {}",
+                kic_bootstrap::KERNEL_CMDLINE,
+                self.inner.cfg.extra_kernel_args
+            )
+            .trim_end(),
             disk: &p.disk(),
             socket: &p.socket(),
             console: &p.console(),

@@ -54,6 +54,7 @@ impl Session {
         alive: &(dyn Fn() -> futures::future::BoxFuture<'static, bool> + Send + Sync),
     ) -> io::Result<Session> {
         let stream = connect_socket(sock, alive).await?;
+        tracing::debug!("channel socket {} connected", sock.display());
         let hs = handshake::host(stream);
         tokio::pin!(hs);
         let s = loop {

@@ -20,7 +20,7 @@ use std::os::fd::OwnedFd;
 use std::sync::{Arc, Mutex};
 
 /// With `kic.debug` on the kernel command line, print boot milestones with the uptime.
-fn milestone(what: &str) {
+pub(crate) fn milestone(what: &str) {
     if sys::cmdline_has("kic.debug") {
         let up = std::fs::read_to_string("/proc/uptime").unwrap_or_default();
         eprintln!(
@@ -66,7 +66,8 @@ fn main() {
         sys::power_off();
     }
     milestone("init");
-    if let Err(e) = sys::load_modules() {
+    sys::BACKGROUND_MODULES.start();
+    if let Err(e) = sys::load_modules(sys::MODULE_LIST) {
         fatal(&e);
     }
     milestone("modules loaded");

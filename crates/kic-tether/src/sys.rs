@@ -9,8 +9,10 @@ use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-/// List of modules to load, in order, written by `kic-bootstrap` into the initramfs.
+/// Lists of modules to load, in order, written by `kic-bootstrap` into the initramfs: the
+/// first on the main thread, the second (filesystems) on a thread of its own at the same time.
 pub const MODULE_LIST: &str = "/etc/kic/modules";
+pub const BACKGROUND_MODULE_LIST: &str = "/etc/kic/modules.background";
 
 fn mnt(
     src: &str,
@@ -33,9 +35,9 @@ pub fn early_mounts() -> Result<(), String> {
     Ok(())
 }
 
-/// Load the initramfs's modules in dependency order.
-pub fn load_modules() -> Result<usize, String> {
-    let list = match fs::read_to_string(MODULE_LIST) {
+/// Load the modules of one list in its order.
+pub fn load_modules(list: &str) -> Result<usize, String> {
+    let list = match fs::read_to_string(list) {
         Ok(l) => l,
         Err(_) => return Ok(0),
     };
@@ -61,6 +63,34 @@ pub fn load_modules() -> Result<usize, String> {
         }
     }
     Ok(n)
+}
+
+/// The background module loading, waited for before the container's disk is mounted.
+pub struct Background {
+    result: std::sync::Mutex<Option<std::thread::JoinHandle<Result<usize, String>>>>,
+}
+
+pub static BACKGROUND_MODULES: Background = Background {
+    result: std::sync::Mutex::new(None),
+};
+
+impl Background {
+    pub fn start(&self) {
+        let h = std::thread::spawn(|| load_modules(BACKGROUND_MODULE_LIST));
+        *self.result.lock().expect("lock") = Some(h);
+    }
+
+    /// Wait for the loading to end (once; later calls return at once).
+    pub fn wait(&self) -> Result<(), String> {
+        let h = self.result.lock().expect("lock").take();
+        match h {
+            Some(h) => h
+                .join()
+                .map_err(|_| "module loading thread panicked".to_string())?
+                .map(|_| ()),
+            None => Ok(()),
+        }
+    }
 }
 
 fn wait_for<T>(
@@ -151,6 +181,7 @@ fn write_file(path: &str, content: &str) -> Result<(), String> {
 
 /// Mount the container's root disk, give it `/proc`, `/sys`, `/dev`, and move the tether into it.
 pub fn enter_container(spec: &ContainerSpec) -> Result<(), String> {
+    BACKGROUND_MODULES.wait()?;
     let root = "/mnt/root";
     let dev = spec.root_device.as_str();
     wait_for(&format!("root disk {dev}"), Duration::from_secs(30), || {

@@ -25,6 +25,9 @@ struct Args {
     /// Samples of each measurement.
     #[arg(long, default_value_t = 5)]
     runs: usize,
+    /// vCPUs of the container VMs (and of the bare boot).
+    #[arg(long)]
+    vcpus: Option<u32>,
 }
 
 fn median(v: &mut [f64]) -> f64 {
@@ -50,11 +53,12 @@ fn floor_once(
     initrd: &std::path::Path,
     accel: &str,
     mem: u64,
+    vcpus: u32,
 ) -> Result<f64> {
     let (accel, cpu) = if accel == "kvm" {
         ("kvm", "host")
     } else {
-        ("tcg", "qemu64")
+        ("tcg", "qemu64,+rdrand")
     };
     let t0 = Instant::now();
     let mut child = std::process::Command::new("qemu-system-x86_64")
@@ -65,6 +69,8 @@ fn floor_once(
             cpu,
             "-m",
             &mem.to_string(),
+            "-smp",
+            &vcpus.to_string(),
         ])
         .args([
             "-nographic",
@@ -121,8 +127,11 @@ fn qemu_rss_mib(domain: &str) -> Result<u64> {
 async fn main() -> Result<()> {
     let a = Args::parse();
     std::fs::create_dir_all(&a.datastore)?;
-    let cfg = Config::new(&a.datastore, "bench", &a.tether);
-    let mem = cfg.default_memory_mib;
+    let mut cfg = Config::new(&a.datastore, "bench", &a.tether);
+    if let Some(v) = a.vcpus {
+        cfg.default_vcpus = v;
+    }
+    let (mem, vcpus) = (cfg.default_memory_mib, cfg.default_vcpus);
     let pl = PortLayer::open(cfg).await?;
     let image = pl
         .images()
@@ -161,7 +170,7 @@ async fn main() -> Result<()> {
     )?;
     let mut floors = Vec::new();
     for _ in 0..a.runs {
-        floors.push(floor_once(&boot.kernel, &boot.initrd, accel, mem)?);
+        floors.push(floor_once(&boot.kernel, &boot.initrd, accel, mem, vcpus)?);
     }
 
     let v = pl

@@ -25,6 +25,9 @@ struct Cli {
     /// The static kic-tether binary (default: beside this program, or the cargo build output).
     #[arg(long, env = "KIC_TETHER")]
     tether: Option<PathBuf>,
+    /// Extra guest kernel arguments for new containers (`kic.debug` logs boot steps to console.log).
+    #[arg(long, env = "KIC_KERNEL_ARGS", default_value = "")]
+    kernel_args: String,
     #[command(subcommand)]
     cmd: Cmd,
 }
@@ -225,6 +228,7 @@ async fn real_main() -> Result<i32> {
         cli.tether.clone().unwrap_or_else(default_tether),
     );
     cfg.libvirt_uri = cli.uri.clone();
+    cfg.extra_kernel_args = cli.kernel_args.clone();
     let pl = PortLayer::open(cfg)
         .await
         .context("opening the port layer")?;
