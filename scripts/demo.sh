@@ -31,8 +31,10 @@ for img in busybox debian; do
 done
 
 export KIC_DATASTORE=$ds KIC_VCH=demo
-echo "==> pulling busybox into the datastore $ds"
-"$bin/kicctl" pull "127.0.0.1:$port/library/busybox:latest" >/dev/null
+for img in busybox debian; do
+  echo "==> pulling $img into the datastore $ds"
+  "$bin/kicctl" pull "127.0.0.1:$port/library/$img:latest" >/dev/null
+done
 "$bin/kicctl" info | sed 's/^/    /'
 echo "==> running a container VM: uname -a; cat /proc/cpuinfo | grep 'model name'"
 echo

@@ -224,22 +224,29 @@ pub fn boot_probe(
         }
     });
     let ok = rx.recv_timeout(Duration::from_secs(10)).is_ok();
+    let exited_early = matches!(child.try_wait(), Ok(Some(_)));
     let _ = child.kill();
     let out = child.wait_with_output().ok();
     if ok {
         return Ok(());
     }
     let err = out
-        .map(|o| String::from_utf8_lossy(&o.stderr).trim().to_string())
+        .map(|o| {
+            String::from_utf8_lossy(&o.stderr)
+                .trim()
+                .replace('\n', "; ")
+        })
         .unwrap_or_default();
-    Err(format!(
-        "a KVM guest did not boot within 10 s{}",
-        if err.is_empty() {
-            String::new()
-        } else {
-            format!(": {err}")
-        }
-    ))
+    let err = if err.is_empty() {
+        String::new()
+    } else {
+        format!(": {err}")
+    };
+    if exited_early {
+        Err(format!("QEMU could not run a KVM guest{err}"))
+    } else {
+        Err(format!("a KVM guest did not boot within 10 s{err}"))
+    }
 }
 
 #[cfg(test)]
@@ -259,6 +266,9 @@ mod tests {
             "",
         )
         .unwrap_err();
-        assert!(e.contains("did not boot"), "{e}");
+        assert!(
+            e.contains("could not run a KVM guest") || e.contains("did not boot"),
+            "{e}"
+        );
     }
 }

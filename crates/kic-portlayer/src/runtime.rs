@@ -1171,19 +1171,21 @@ async fn pump_to_log(
     log: &Mutex<LogWriter>,
     ctr: &Ctr,
 ) -> io::Result<()> {
-    let (mut rd, mut wr) = tokio::io::split(stream);
+    // One task reads and acknowledges: a yamux stream must not be driven by two tasks (it keeps
+    // one waker for a blocked sender).
+    let mut st = stream;
     let mut buf = Vec::new();
     loop {
-        let len = rd.read_u32().await? as usize;
+        let len = st.read_u32().await? as usize;
         if len == 0 {
             return Ok(());
         }
         buf.resize(len, 0);
-        rd.read_exact(&mut buf).await?;
+        st.read_exact(&mut buf).await?;
         log.lock().expect("log lock").append(fd, &buf)?;
         pos += len as u64;
         ctr.log_appended.notify_waiters();
-        wr.write_u64(pos).await?;
+        st.write_u64(pos).await?;
     }
 }
 
@@ -1192,18 +1194,18 @@ async fn pump_to_channel(
     fd: u8,
     tx: mpsc::Sender<(u8, Vec<u8>)>,
 ) -> io::Result<()> {
-    let (mut rd, mut wr) = tokio::io::split(stream);
+    let mut st = stream;
     let mut pos = 0u64;
     loop {
-        let len = rd.read_u32().await? as usize;
+        let len = st.read_u32().await? as usize;
         if len == 0 {
             return Ok(());
         }
         let mut buf = vec![0u8; len];
-        rd.read_exact(&mut buf).await?;
+        st.read_exact(&mut buf).await?;
         pos += len as u64;
         let _ = tx.send((fd, buf)).await;
-        wr.write_u64(pos).await?;
+        st.write_u64(pos).await?;
     }
 }
 

@@ -272,6 +272,37 @@ async fn exec_tty_kill_and_no_image_copy_body() {
     let o = String::from_utf8_lossy(&o);
     assert!(o.contains("/dev/pts/") && o.contains("is-a-tty"), "{o}");
     assert_eq!(c, 0);
+    // Resizing the terminal reaches the process.
+    let p = pl
+        .exec(&id, exec(&["sh", "-c", "sleep 1; stty size"], true))
+        .await
+        .unwrap();
+    pl.resize(&id, Some(&p.id), 40, 100).await.unwrap();
+    let (o, _, c) = p.collect().await;
+    assert_eq!((String::from_utf8_lossy(&o).trim(), c), ("40 100", 0));
+    // Orphans are reaped by the tether: no zombies are left behind.
+    let p = pl
+        .exec(&id, exec(&["sh", "-c", "(sleep 0.2 &); exit 0"], false))
+        .await
+        .unwrap();
+    assert_eq!(p.collect().await.2, 0);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let p = pl
+        .exec(
+            &id,
+            exec(
+                &[
+                    "sh",
+                    "-c",
+                    "cat /proc/[0-9]*/stat | awk '{print $3}' | grep -c Z",
+                ],
+                false,
+            ),
+        )
+        .await
+        .unwrap();
+    let (o, _, _) = p.collect().await;
+    assert_eq!(String::from_utf8_lossy(&o).trim(), "0", "zombies left");
     // stdin, explicitly closed.
     let mut p = pl
         .exec(

@@ -288,37 +288,96 @@ async fn handle(t: Arc<Tether>, mut st: mux::MuxStream) -> io::Result<()> {
                 },
             )
             .await?;
-            let (mut rd, mut wr) = tokio::io::split(st);
-            let acks = {
-                let buf = buf.clone();
-                tokio::spawn(async move {
-                    while let Ok(v) = rd.read_u64().await {
-                        buf.ack(v);
-                    }
-                })
-            };
+            // One task both writes the output and reads the acknowledgements: a yamux stream
+            // has a single slot for the task waiting to send, so a second task using the same
+            // stream (a reader sending window updates) could take the writer's wake-up and
+            // stall the stream for good.
+            let mut acks = AckReader::default();
             loop {
+                acks.drain(&mut st, &buf)?;
                 match buf.read_from(pos) {
                     Chunk::Data { offset, bytes } => {
                         let mut chunk = Vec::with_capacity(4 + bytes.len());
                         chunk.extend_from_slice(&(bytes.len() as u32).to_be_bytes());
                         chunk.extend_from_slice(&bytes);
-                        wr.write_all(&chunk).await?;
+                        st.write_all(&chunk).await?;
                         pos = offset + bytes.len() as u64;
                     }
                     Chunk::Eof => {
                         // An empty chunk says the output is complete (a bare stream end could be
                         // a lost connection).
-                        wr.write_all(&0u32.to_be_bytes()).await?;
+                        st.write_all(&0u32.to_be_bytes()).await?;
                         break;
                     }
-                    Chunk::Wait => buf.wait_data(pos).await,
+                    Chunk::Wait => {
+                        tokio::select! {
+                            _ = buf.wait_data(pos) => {}
+                            r = acks.read(&mut st, &buf) => r?,
+                        }
+                    }
                 }
             }
-            wr.shutdown().await?;
-            let _ = acks.await;
+            st.shutdown().await?;
+            // Take the last acknowledgements until the host closes its side.
+            while acks.read(&mut st, &buf).await.is_ok() {}
             Ok(())
         }
+    }
+}
+
+/// Reads the host's big-endian `u64` acknowledged offsets off an output stream.
+#[derive(Default)]
+struct AckReader {
+    bytes: [u8; 8],
+    have: usize,
+}
+
+impl AckReader {
+    fn take(&mut self, n: usize, buf: &crate::output::OutputBuf) {
+        self.have += n;
+        if self.have == 8 {
+            buf.ack(u64::from_be_bytes(self.bytes));
+            self.have = 0;
+        }
+    }
+
+    /// Wait for acknowledgement bytes and apply them; an error once the stream has ended.
+    async fn read(
+        &mut self,
+        st: &mut mux::MuxStream,
+        buf: &crate::output::OutputBuf,
+    ) -> io::Result<()> {
+        let n = st.read(&mut self.bytes[self.have..]).await?;
+        if n == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "output stream closed",
+            ));
+        }
+        self.take(n, buf);
+        Ok(())
+    }
+
+    /// Apply whatever acknowledgements are already there, without waiting.
+    fn drain(&mut self, st: &mut mux::MuxStream, buf: &crate::output::OutputBuf) -> io::Result<()> {
+        while let Some(r) = poll_once(st.read(&mut self.bytes[self.have..])) {
+            match r? {
+                0 => return Ok(()),
+                n => self.take(n, buf),
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Poll a future once; `None` if it is not ready. Whatever waker it leaves registered is
+/// replaced by this task's own the next time the task waits on the same stream.
+fn poll_once<F: Future>(f: F) -> Option<F::Output> {
+    let mut f = std::pin::pin!(f);
+    let mut cx = Context::from_waker(std::task::Waker::noop());
+    match f.as_mut().poll(&mut cx) {
+        Poll::Ready(v) => Some(v),
+        Poll::Pending => None,
     }
 }
 
