@@ -64,6 +64,8 @@ pub enum BootstrapError {
     NoModule(String, String),
     #[error("module file {0} is compressed; only uncompressed .ko modules are supported")]
     CompressedModule(PathBuf),
+    #[error("{0} is not a statically linked x86-64 program and cannot be PID 1 of a container VM (build it with `make tether`)")]
+    NotStatic(PathBuf),
 }
 
 type Result<T> = std::result::Result<T, BootstrapError>;
@@ -277,6 +279,22 @@ pub fn strip_signature(module: &[u8]) -> &[u8] {
     &body[..body.len() - total]
 }
 
+/// True for an x86-64 ELF executable without a program interpreter (statically linked).
+pub fn is_static_elf(b: &[u8]) -> bool {
+    const PT_INTERP: u32 = 3;
+    if b.len() < 64 || &b[..4] != b"\x7fELF" || b[4] != 2 || b[5] != 1 {
+        return false;
+    }
+    let u16_at = |o: usize| u16::from_le_bytes([b[o], b[o + 1]]) as usize;
+    let phoff = u64::from_le_bytes(b[32..40].try_into().expect("8 bytes")) as usize;
+    let (phentsize, phnum) = (u16_at(54), u16_at(56));
+    (0..phnum).all(|i| {
+        let o = phoff + i * phentsize;
+        b.get(o..o + 4)
+            .is_some_and(|t| u32::from_le_bytes(t.try_into().expect("4 bytes")) != PT_INTERP)
+    })
+}
+
 fn sha256_hex(parts: &[&[u8]]) -> String {
     let mut h = Sha256::new();
     for p in parts {
@@ -298,6 +316,9 @@ pub fn build(root: &Path, inputs: &BuildInputs) -> Result<BootImage> {
         .join(format!("vmlinuz-{release}"));
     let moddir = inputs.sysroot.join("lib/modules").join(&release);
     let tether = read(&inputs.tether)?;
+    if !is_static_elf(&tether) {
+        return Err(BootstrapError::NotStatic(inputs.tether.clone()));
+    }
     let kernel_bytes = read(&vmlinuz)?;
     let dep_path = moddir.join("modules.dep");
     let modules_dep = String::from_utf8_lossy(&read(&dep_path)?).into_owned();
@@ -492,8 +513,9 @@ kernel/drivers/block/virtio_blk.ko: kernel/drivers/virtio/virtio.ko kernel/drive
             return;
         };
         let d = tempfile::tempdir().unwrap();
+        // Any static program will do as the tether here; busybox-static is installed by the set-up.
         let tether = d.path().join("tether");
-        fs::write(&tether, b"#!/bin/true\n").unwrap();
+        fs::copy("/bin/busybox", &tether).unwrap();
         let inputs = BuildInputs::new(&tether);
         let a = build(&d.path().join("boot"), &inputs).unwrap();
         assert!(a.manifest.version.starts_with(&release));
@@ -507,8 +529,14 @@ kernel/drivers/block/virtio_blk.ko: kernel/drivers/virtio/virtio.ko kernel/drive
             mtime,
             "rebuilt without a change"
         );
-        fs::write(&tether, b"#!/bin/false\n").unwrap();
+        let mut changed = fs::read(&tether).unwrap();
+        changed.extend_from_slice(b"changed");
+        fs::write(&tether, changed).unwrap();
         let c = build(&d.path().join("boot"), &inputs).unwrap();
         assert_ne!(a.manifest.version, c.manifest.version);
+        // A dynamically linked program is refused with a clear error.
+        let dynamic = BuildInputs::new("/bin/ls");
+        let e = build(&d.path().join("boot"), &dynamic).unwrap_err();
+        assert!(e.to_string().contains("not a statically linked"), "{e}");
     }
 }

@@ -117,6 +117,26 @@ async fn port_layer(vch: &str) -> PortLayer {
         .expect("port layer")
 }
 
+/// A VM test: ignored by a bare `cargo test`, run by `make test`, bounded in time.
+macro_rules! vm_tests {
+    ($($name:ident => $body:ident),* $(,)?) => {$(
+        #[tokio::test(flavor = "multi_thread")]
+        #[ignore = "boots VMs: run through make test"]
+        async fn $name() {
+            bounded($body()).await
+        }
+    )*};
+}
+
+vm_tests! {
+    stdout_and_stderr_arrive_separately_and_in_full => stdout_and_stderr_arrive_separately_and_in_full_body,
+    env_workdir_and_user_are_honoured => env_workdir_and_user_are_honoured_body,
+    exec_tty_kill_and_no_image_copy => exec_tty_kill_and_no_image_copy_body,
+    main_process_with_a_terminal_and_stdin => main_process_with_a_terminal_and_stdin_body,
+    debian_image_runs => debian_image_runs_body,
+    host_process_killed_mid_run_loses_nothing => host_process_killed_mid_run_loses_nothing_body,
+}
+
 /// No test may hang the suite: each gets four minutes.
 async fn bounded(f: impl std::future::Future<Output = ()>) {
     tokio::time::timeout(Duration::from_secs(240), f)
@@ -543,40 +563,4 @@ async fn host_process_killed_mid_run_loses_nothing_body() {
     let mut rm = Command::new(kicctl);
     base(&mut rm);
     assert!(rm.args(["rm", &name]).status().unwrap().success());
-}
-
-#[tokio::test(flavor = "multi_thread")]
-#[ignore = "boots VMs: run through make test"]
-async fn stdout_and_stderr_arrive_separately_and_in_full() {
-    bounded(stdout_and_stderr_arrive_separately_and_in_full_body()).await
-}
-
-#[tokio::test(flavor = "multi_thread")]
-#[ignore = "boots VMs: run through make test"]
-async fn env_workdir_and_user_are_honoured() {
-    bounded(env_workdir_and_user_are_honoured_body()).await
-}
-
-#[tokio::test(flavor = "multi_thread")]
-#[ignore = "boots VMs: run through make test"]
-async fn exec_tty_kill_and_no_image_copy() {
-    bounded(exec_tty_kill_and_no_image_copy_body()).await
-}
-
-#[tokio::test(flavor = "multi_thread")]
-#[ignore = "boots VMs: run through make test"]
-async fn main_process_with_a_terminal_and_stdin() {
-    bounded(main_process_with_a_terminal_and_stdin_body()).await
-}
-
-#[tokio::test(flavor = "multi_thread")]
-#[ignore = "boots VMs: run through make test"]
-async fn debian_image_runs() {
-    bounded(debian_image_runs_body()).await
-}
-
-#[tokio::test(flavor = "multi_thread")]
-#[ignore = "boots VMs: run through make test"]
-async fn host_process_killed_mid_run_loses_nothing() {
-    bounded(host_process_killed_mid_run_loses_nothing_body()).await
 }

@@ -140,19 +140,23 @@ enum Cmd {
     Info,
 }
 
+/// The static tether: beside this program when installed, else cargo's static build output
+/// (`make tether`). A plain workspace build also leaves a dynamic `kic-tether` beside this
+/// program, which cannot be PID 1, so only a statically linked one is taken.
 fn default_tether() -> PathBuf {
     let exe = std::env::current_exe().unwrap_or_default();
     let dir = exe.parent().map(PathBuf::from).unwrap_or_default();
-    for c in [
-        dir.join("kic-tether"),
+    let candidates = [
         dir.join("../x86_64-unknown-linux-gnu/release/kic-tether"),
         dir.join("../../x86_64-unknown-linux-gnu/release/kic-tether"),
-    ] {
-        if c.exists() {
-            return c;
+        dir.join("kic-tether"),
+    ];
+    for c in &candidates {
+        if std::fs::read(c).is_ok_and(|b| kic_bootstrap::is_static_elf(&b)) {
+            return c.clone();
         }
     }
-    dir.join("kic-tether")
+    candidates[0].clone()
 }
 
 fn create_request(a: &CreateArgs) -> CreateRequest {
