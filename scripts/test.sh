@@ -30,6 +30,8 @@ export KIC_TETHER="$PWD/target/x86_64-unknown-linux-gnu/release/kic-tether"
 export KIC_TEST_IMAGES="$PWD/build/images"
 echo "==> tests (inside network namespace $ns)"
 ip netns exec "$ns" cargo test --offline --workspace -- --include-ignored
+echo "==> test images through kic-registry with skopeo"
+ip netns exec "$ns" bash tests/registry/test_images_roundtrip.sh "$PWD/target/debug/kic-registry" "$PWD/build/images"
 # The registry's Python client test installs harborapi from PyPI into a venv, so it runs
 # outside the namespace; it talks to a registry it starts on loopback.
 echo "==> harborapi client tests"
