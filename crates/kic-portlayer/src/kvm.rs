@@ -155,8 +155,7 @@ pub fn usable(
     });
     rx.recv_timeout(Duration::from_secs(5))
         .unwrap_or_else(|_| Err("test guest did not come back within 5 s".into()))?;
-    let qemu = "/usr/bin/qemu-system-x86_64";
-    let stamp = std::fs::metadata(qemu)
+    let stamp = std::fs::metadata(QEMU)
         .and_then(|m| m.modified())
         .map(|t| format!("{t:?}"))
         .unwrap_or_default();
@@ -170,33 +169,67 @@ pub fn usable(
             return r;
         }
     }
-    let r = boot_probe(qemu, kernel, initrd, cmdline);
+    let r = boot_probe(kernel, initrd, cmdline);
     let _ = std::fs::create_dir_all(crate::layout::SOCKET_DIR);
     let _ = std::fs::write(&cache, serde_json::to_vec(&(key, &r)).unwrap_or_default());
     r
 }
 
-/// Boot the bootstrap image in probe mode under QEMU; Ok when the tether says it is up.
-pub fn boot_probe(
-    qemu: &str,
+/// The QEMU binary used for probes and bare boots (libvirt finds its own).
+pub const QEMU: &str = "/usr/bin/qemu-system-x86_64";
+
+/// Why a bare boot did not reach PID 1.
+#[derive(Debug)]
+pub enum BareBootError {
+    /// QEMU could not be started at all.
+    Spawn(String),
+    /// QEMU ended before the guest was up; its stderr.
+    Exited(String),
+    /// The guest was not up within the time allowed; QEMU's stderr.
+    Timeout(String),
+}
+
+impl std::fmt::Display for BareBootError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            BareBootError::Spawn(e) => f.write_str(e),
+            BareBootError::Exited(e) => write!(f, "QEMU ended before the guest was up: {e}"),
+            BareBootError::Timeout(e) => write!(f, "the guest was not up in time: {e}"),
+        }
+    }
+}
+
+/// Boot the bootstrap image in probe mode (`kic.probe`: PID 1 prints a marker and ends) in a
+/// bare QEMU, with the accelerator and CPU model container VMs get for `domain_type`; the time
+/// from starting QEMU until the marker arrived. Used by the KVM probe and by `kic-bench`'s floor.
+pub fn bare_boot(
+    domain_type: &str,
+    mem_mib: u64,
+    vcpus: u32,
     kernel: &std::path::Path,
     initrd: &std::path::Path,
     cmdline: &str,
-) -> Result<(), String> {
+    timeout: Duration,
+) -> Result<Duration, BareBootError> {
     use std::io::Read;
-    let mut child = std::process::Command::new(qemu)
+    // Same CPU models as the domain XML (see `domain.rs`).
+    let (accel, cpu) = if domain_type == "kvm" {
+        ("kvm", "host")
+    } else {
+        ("tcg", "qemu64,+rdrand")
+    };
+    let t0 = std::time::Instant::now();
+    let mut child = std::process::Command::new(QEMU)
+        .args(["-machine", &format!("pc,accel={accel}"), "-cpu", cpu])
+        .args(["-m", &mem_mib.to_string(), "-smp", &vcpus.to_string()])
         .args([
-            "-machine",
-            "pc,accel=kvm",
-            "-cpu",
-            "host",
-            "-m",
-            "128",
             "-nographic",
             "-nodefaults",
             "-no-reboot",
+            "-serial",
+            "stdio",
+            "-kernel",
         ])
-        .args(["-serial", "stdio", "-kernel"])
         .arg(kernel)
         .arg("-initrd")
         .arg(initrd)
@@ -206,7 +239,7 @@ pub fn boot_probe(
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()
-        .map_err(|e| format!("cannot run {qemu}: {e}"))?;
+        .map_err(|e| BareBootError::Spawn(format!("cannot run {QEMU}: {e}")))?;
     let mut out = child.stdout.take().expect("piped");
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
@@ -218,18 +251,15 @@ pub fn boot_probe(
             }
             seen.extend_from_slice(&buf[..n]);
             if seen.windows(15).any(|w| w == b"KIC-PROBE-READY") {
-                let _ = tx.send(());
+                let _ = tx.send(t0.elapsed());
                 return;
             }
         }
     });
-    let ok = rx.recv_timeout(Duration::from_secs(10)).is_ok();
-    let exited_early = matches!(child.try_wait(), Ok(Some(_)));
+    // The reader ends without the marker only when QEMU's output ended, i.e. QEMU exited.
+    let up = rx.recv_timeout(timeout);
     let _ = child.kill();
     let out = child.wait_with_output().ok();
-    if ok {
-        return Ok(());
-    }
     let err = out
         .map(|o| {
             String::from_utf8_lossy(&o.stderr)
@@ -237,15 +267,43 @@ pub fn boot_probe(
                 .replace('\n', "; ")
         })
         .unwrap_or_default();
-    let err = if err.is_empty() {
-        String::new()
-    } else {
-        format!(": {err}")
+    match up {
+        Ok(d) => Ok(d),
+        Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => Err(BareBootError::Exited(err)),
+        Err(std::sync::mpsc::RecvTimeoutError::Timeout) => Err(BareBootError::Timeout(err)),
+    }
+}
+
+/// Boot the bootstrap image in probe mode under KVM; Ok when the tether says it is up.
+pub fn boot_probe(
+    kernel: &std::path::Path,
+    initrd: &std::path::Path,
+    cmdline: &str,
+) -> Result<(), String> {
+    let suffix = |err: String| {
+        if err.is_empty() {
+            String::new()
+        } else {
+            format!(": {err}")
+        }
     };
-    if exited_early {
-        Err(format!("QEMU could not run a KVM guest{err}"))
-    } else {
-        Err(format!("a KVM guest did not boot within 10 s{err}"))
+    match bare_boot(
+        "kvm",
+        128,
+        1,
+        kernel,
+        initrd,
+        cmdline,
+        Duration::from_secs(10),
+    ) {
+        Ok(_) => Ok(()),
+        Err(BareBootError::Spawn(e)) => Err(e),
+        Err(BareBootError::Exited(e)) => {
+            Err(format!("QEMU could not run a KVM guest{}", suffix(e)))
+        }
+        Err(BareBootError::Timeout(e)) => {
+            Err(format!("a KVM guest did not boot within 10 s{}", suffix(e)))
+        }
     }
 }
 
@@ -260,7 +318,6 @@ mod tests {
     #[test]
     fn boot_probe_fails_cleanly_on_a_missing_kernel() {
         let e = super::boot_probe(
-            "/usr/bin/qemu-system-x86_64",
             "/nonexistent/vmlinux".as_ref(),
             "/nonexistent/initrd".as_ref(),
             "",

@@ -19,17 +19,6 @@ mod user;
 use std::os::fd::OwnedFd;
 use std::sync::{Arc, Mutex};
 
-/// With `kic.debug` on the kernel command line, print boot milestones with the uptime.
-pub(crate) fn milestone(what: &str) {
-    if sys::cmdline_has("kic.debug") {
-        let up = std::fs::read_to_string("/proc/uptime").unwrap_or_default();
-        eprintln!(
-            "kic-tether: {} {what}",
-            up.split_whitespace().next().unwrap_or("?")
-        );
-    }
-}
-
 fn fatal(msg: &str) -> ! {
     eprintln!("kic-tether: fatal: {msg}");
     std::thread::sleep(std::time::Duration::from_millis(200));
@@ -65,14 +54,14 @@ fn main() {
         println!("KIC-PROBE-READY");
         sys::power_off();
     }
-    milestone("init");
+    sys::milestone("init");
     sys::BACKGROUND_MODULES.start();
     if let Err(e) = sys::load_modules(sys::MODULE_LIST) {
         fatal(&e);
     }
-    milestone("modules loaded");
+    sys::milestone("modules loaded");
     let port = sys::find_port(kic_proto::CHANNEL_NAME).unwrap_or_else(|e| fatal(&e));
-    milestone("channel found");
+    sys::milestone("channel found");
     let port = open_port(&port).unwrap_or_else(|e| fatal(&format!("open {}: {e}", port.display())));
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()

@@ -160,7 +160,7 @@ pub async fn serve(t: Arc<Tether>, port: OwnedFd) {
         while !host_connected(&port) {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
-        crate::milestone("host connected");
+        sys::milestone("host connected");
         let io = match port.try_clone().and_then(crate::procs::nonblocking) {
             Ok(fd) => PortIo::new(fd),
             Err(e) => {
@@ -179,7 +179,7 @@ pub async fn serve(t: Arc<Tether>, port: OwnedFd) {
                 continue;
             }
         };
-        crate::milestone("handshake done");
+        sys::milestone("handshake done");
         let (_opener, mut inbound, driver) = mux::start(s, mux::Mode::Server);
         let d = tokio::spawn(driver);
         while let Some(stream) = inbound.recv().await {
@@ -402,7 +402,7 @@ async fn request(t: &Arc<Tether>, req: Request) -> Response {
             }
         }
         Request::Start { spec } => {
-            crate::milestone("start requested");
+            sys::milestone("start requested");
             {
                 let mut started = t.started.lock().expect("lock");
                 if *started {
@@ -416,7 +416,7 @@ async fn request(t: &Arc<Tether>, req: Request) -> Response {
                     exit_code: Some(126),
                 };
             }
-            crate::milestone("container entered");
+            sys::milestone("container entered");
             match t.table.spawn(MAIN_ID, &spec.main) {
                 Ok(pid) => Response::Started { pid },
                 Err(e) => Response::Error {

@@ -54,13 +54,7 @@ pub fn load_modules(list: &str) -> Result<usize, String> {
             }
         }
         n += 1;
-        if cmdline_has("kic.debug") {
-            let up = fs::read_to_string("/proc/uptime").unwrap_or_default();
-            eprintln!(
-                "kic-tether: {} loaded {path}",
-                up.split_whitespace().next().unwrap_or("?")
-            );
-        }
+        milestone(&format!("loaded {path}"));
     }
     Ok(n)
 }
@@ -237,6 +231,17 @@ pub fn enter_container(spec: &ContainerSpec) -> Result<(), String> {
     }
     let _ = fs::create_dir_all("/tmp");
     Ok(())
+}
+
+/// With `kic.debug` on the kernel command line, print a boot milestone with the uptime.
+pub fn milestone(what: &str) {
+    if cmdline_has("kic.debug") {
+        let up = fs::read_to_string("/proc/uptime").unwrap_or_default();
+        eprintln!(
+            "kic-tether: {} {what}",
+            up.split_whitespace().next().unwrap_or("?")
+        );
+    }
 }
 
 /// Write everything to disk and end the VM (the domain is configured to stop on reboot).

@@ -9,9 +9,8 @@
 use anyhow::{bail, Context, Result};
 use clap::Parser;
 use kic_portlayer::{Config, CreateRequest, PortLayer};
-use std::io::Read;
 use std::path::PathBuf;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 #[derive(Parser)]
 struct Args {
@@ -45,70 +44,6 @@ fn fmt(v: &[f64]) -> String {
         .map(|x| format!("{x:.3}"))
         .collect::<Vec<_>>()
         .join(" ")
-}
-
-/// Boot the bootstrap image in a bare QEMU until PID 1 says it is up.
-fn floor_once(
-    kernel: &std::path::Path,
-    initrd: &std::path::Path,
-    accel: &str,
-    mem: u64,
-    vcpus: u32,
-) -> Result<f64> {
-    let (accel, cpu) = if accel == "kvm" {
-        ("kvm", "host")
-    } else {
-        ("tcg", "qemu64,+rdrand")
-    };
-    let t0 = Instant::now();
-    let mut child = std::process::Command::new("qemu-system-x86_64")
-        .args([
-            "-machine",
-            &format!("pc,accel={accel}"),
-            "-cpu",
-            cpu,
-            "-m",
-            &mem.to_string(),
-            "-smp",
-            &vcpus.to_string(),
-        ])
-        .args([
-            "-nographic",
-            "-nodefaults",
-            "-no-reboot",
-            "-serial",
-            "stdio",
-            "-kernel",
-        ])
-        .arg(kernel)
-        .arg("-initrd")
-        .arg(initrd)
-        .arg("-append")
-        .arg(format!("{} kic.probe", kic_bootstrap::KERNEL_CMDLINE))
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .context("running qemu-system-x86_64")?;
-    let mut out = child.stdout.take().expect("piped");
-    let mut seen = Vec::new();
-    let mut buf = [0u8; 4096];
-    let mut at = None;
-    while let Ok(n) = out.read(&mut buf) {
-        if n == 0 {
-            break;
-        }
-        seen.extend_from_slice(&buf[..n]);
-        if seen.windows(15).any(|w| w == b"KIC-PROBE-READY") {
-            at = Some(t0.elapsed().as_secs_f64());
-            break;
-        }
-        if t0.elapsed() > Duration::from_secs(60) {
-            break;
-        }
-    }
-    let _ = child.kill();
-    let _ = child.wait();
-    at.context("the bare boot never reached PID 1")
 }
 
 fn qemu_rss_mib(domain: &str) -> Result<u64> {
@@ -170,7 +105,19 @@ async fn main() -> Result<()> {
     )?;
     let mut floors = Vec::new();
     for _ in 0..a.runs {
-        floors.push(floor_once(&boot.kernel, &boot.initrd, accel, mem, vcpus)?);
+        floors.push(
+            kic_portlayer::kvm::bare_boot(
+                accel,
+                mem,
+                vcpus,
+                &boot.kernel,
+                &boot.initrd,
+                kic_bootstrap::KERNEL_CMDLINE,
+                Duration::from_secs(60),
+            )
+            .map_err(|e| anyhow::anyhow!("the bare boot never reached PID 1: {e}"))?
+            .as_secs_f64(),
+        );
     }
 
     let v = pl
