@@ -1,0 +1,1 @@
+//! Listeners: TCP (mutual TLS, server TLS or plain) and a unix socket.
