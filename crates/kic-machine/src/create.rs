@@ -358,6 +358,8 @@ fn install(
             names.push(listen.ip().to_string());
         }
         names.push(crate::util::hostname());
+        let mut seen = std::collections::BTreeSet::new();
+        names.retain(|n| seen.insert(n.to_ascii_lowercase()));
         let ca = Ca::generate(&a.name)?;
         let server = ca.server(&names)?;
         let rel = |f: &str| {

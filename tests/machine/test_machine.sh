@@ -1,0 +1,204 @@
+#!/usr/bin/env bash
+# Black-box test of kic-machine with the real kic-vch, libvirt and the docker CLI.
+#
+# Creates two VCHs (plain HTTP and mutual TLS) on 127.0.0.1 high ports, in a temporary state
+# root and image store, and checks: the create transcript and NAME.env, docker version/info
+# through the env line, refusal of clients without certificates, ls, inspect, inspect config,
+# restart of kill -9'ed kic-vch, configure, upgrade and rollback, prerequisite errors, delete.
+# Cleans up after itself. Run it inside a network namespace in CI (scripts/test.sh does).
+#
+#   tests/machine/test_machine.sh            # binaries from $CARGO_TARGET_DIR or ./target (debug)
+#   KIC_MACHINE=/path/kic-machine KIC_VCH_BIN=/path/kic-vch KIC_TETHER=/path/kic-tether tests/machine/test_machine.sh
+set -euo pipefail
+
+HERE=$(cd "$(dirname "$0")" && pwd)
+REPO=$(cd "$HERE/../.." && pwd)
+TARGET=${CARGO_TARGET_DIR:-$REPO/target}
+KM=${KIC_MACHINE:-$TARGET/debug/kic-machine}
+export KIC_VCH_BIN=${KIC_VCH_BIN:-$(dirname "$KM")/kic-vch}
+export KIC_TETHER=${KIC_TETHER:-$REPO/target/x86_64-unknown-linux-gnu/release/kic-tether}
+for f in "$KM" "$KIC_VCH_BIN" "$KIC_TETHER"; do
+    [ -x "$f" ] || { echo "missing $f (cargo build -p kic-machine -p kic-vch; make tether)" >&2; exit 2; }
+done
+
+WORK=$(mktemp -d /tmp/kic-machine-test.XXXXXX)
+chmod 755 "$WORK" # QEMU (its own user) must reach the image store below it
+export KIC_STATE_ROOT=$WORK/state
+STORE=$WORK/store
+export DOCKER_CONFIG=$WORK/docker-config # keep the docker CLI away from ~/.docker
+mkdir -p "$DOCKER_CONFIG"
+unset DOCKER_HOST DOCKER_TLS_VERIFY DOCKER_CERT_PATH DOCKER_CONTEXT
+START=$(date +%s)
+
+cleanup() {
+    local rc=$?
+    set +e
+    for d in "$KIC_STATE_ROOT"/*/; do
+        [ -f "$d/config.json" ] || continue
+        n=$(basename "$d")
+        "$KM" delete --force "$n" >/dev/null 2>&1 || {
+            # Last resort: stop what we started, by pid file.
+            [ -f "$d/supervisor.pid" ] && kill "$(cat "$d/supervisor.pid")" 2>/dev/null
+            sleep 1
+            [ -f "$d/vch.pid" ] && kill -9 "$(cat "$d/vch.pid")" 2>/dev/null
+            virsh -q pool-destroy "kic-$n" >/dev/null 2>&1
+            virsh -q pool-undefine "kic-$n" >/dev/null 2>&1
+        }
+    done
+    if [ $rc -ne 0 ]; then
+        echo "--- FAILED (rc $rc); logs:" >&2
+        for l in "$KIC_STATE_ROOT"/*/supervisor.log "$KIC_STATE_ROOT"/*/vch.log; do
+            [ -f "$l" ] && { echo "== $l" >&2; tail -n 30 "$l" >&2; }
+        done
+    fi
+    rm -rf "$WORK"
+    exit $rc
+}
+trap cleanup EXIT
+
+fail() { echo "FAIL: $*" >&2; exit 1; }
+step() { echo "=== $* ($(( $(date +%s) - START ))s)"; }
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+json() { python3 -c "import json,sys; d=json.load(sys.stdin); print($1)"; }
+ping_sock() { curl -sf --max-time 5 --unix-socket "$KIC_STATE_ROOT/$1/docker.sock" http://kic/_ping; }
+
+P1=$(free_port)
+P2=$(free_port)
+cd "$WORK"
+
+step "prerequisite checks fail early and clearly"
+out=$("$KM" create --name 'bad name' --image-store "$STORE" 2>&1) && fail "bad name accepted"
+grep -q 'invalid VCH name' <<<"$out" || fail "bad name: $out"
+out=$("$KM" create --name kt0 --image-store "$STORE" --target qemu:///nonexistent 2>&1) && fail "bad target accepted"
+grep -q 'cannot connect to libvirt at qemu:///nonexistent' <<<"$out" || fail "bad target: $out"
+out=$("$KM" create --name kt0 --image-store "$STORE" --tether /bin/true 2>&1) && fail "dynamic tether accepted"
+grep -q 'not a statically linked' <<<"$out" || fail "dynamic tether: $out"
+python3 -c 'import socket,time; s=socket.socket(); s.bind(("127.0.0.1",'"$P1"')); s.listen(); time.sleep(20)' &
+HOLD=$!
+sleep 0.5
+out=$("$KM" create --name kt0 --image-store "$STORE" --endpoint 127.0.0.1:$P1 2>&1) && fail "busy port accepted"
+grep -q "cannot listen on 127.0.0.1:$P1" <<<"$out" || fail "busy port: $out"
+kill $HOLD; wait $HOLD 2>/dev/null || true
+[ ! -e "$KIC_STATE_ROOT/kt0" ] || fail "a failed create left state behind"
+
+step "create kt1 (--no-tls)"
+"$KM" create --name kt1 --image-store "$STORE" --endpoint 127.0.0.1:$P1 --no-tls | tee kt1.out
+[ "$(tail -n 1 kt1.out | sed 's/^INFO\[[0-9]*\] //')" = "Installer completed successfully" ] || fail "kt1 last line"
+[ "$(cat kt1/kt1.env)" = "DOCKER_HOST=tcp://127.0.0.1:$P1" ] || fail "kt1 env: $(cat kt1/kt1.env)"
+grep -q "DOCKER_HOST=tcp://127.0.0.1:$P1" kt1.out || fail "env line not in transcript"
+env $(cat kt1/kt1.env) docker version >/dev/null
+env $(cat kt1/kt1.env) docker info >/dev/null
+
+step "create kt2 (mutual TLS, limits, volume store) while kt1 runs"
+"$KM" create --name kt2 --image-store "$STORE" --endpoint 127.0.0.1:$P2 \
+    --memory 4GiB --cpu 4 --containers 5 --volume-store "$WORK/vols:default" --tls-cname localhost | tee kt2.out
+[ "$(tail -n 1 kt2.out | sed 's/^INFO\[[0-9]*\] //')" = "Installer completed successfully" ] || fail "kt2 last line"
+[ "$(cat kt2/kt2.env)" = "DOCKER_TLS_VERIFY=1 DOCKER_CERT_PATH=$WORK/kt2 DOCKER_HOST=tcp://localhost:$P2" ] || fail "kt2 env: $(cat kt2/kt2.env)"
+for f in ca.pem ca-key.pem cert.pem key.pem server-cert.pem server-key.pem; do [ -s "kt2/$f" ] || fail "kt2/$f missing"; done
+[ "$(stat -c %a kt2/key.pem)" = 600 ] || fail "key.pem mode"
+[ "$(stat -c %a kt2/ca-key.pem)" = 600 ] || fail "ca-key.pem mode"
+openssl verify -CAfile kt2/ca.pem -purpose sslclient kt2/cert.pem >/dev/null
+env $(cat kt2/kt2.env) docker version >/dev/null
+env $(cat kt2/kt2.env) docker info >/dev/null
+docker -H tcp://127.0.0.1:$P2 --tlsverify --tlscacert kt2/ca.pem --tlscert kt2/cert.pem --tlskey kt2/key.pem version >/dev/null
+
+step "clients without a certificate of kt2's CA are refused"
+if docker -H tcp://127.0.0.1:$P2 version >/dev/null 2>&1; then fail "plain client accepted"; fi
+if curl -sf --max-time 10 --cacert kt2/ca.pem https://localhost:$P2/_ping >/dev/null 2>&1; then fail "TLS client without certificate accepted"; fi
+curl -sf --max-time 10 --cacert kt2/ca.pem --cert kt2/cert.pem --key kt2/key.pem https://localhost:$P2/_ping | grep -q OK
+openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout other-key.pem -out other.pem \
+    -subj /CN=intruder -days 2 2>/dev/null
+if curl -sf --max-time 10 --cacert kt2/ca.pem --cert other.pem --key other-key.pem https://localhost:$P2/_ping >/dev/null 2>&1; then
+    fail "client certificate of another CA accepted"
+fi
+# The VCHs are isolated: kt1's socket does not serve kt2's certificates and vice versa.
+[ "$(cat "$KIC_STATE_ROOT/kt1/config.json" | json 'd["datastore"]')" = "$STORE/kt1" ] || fail "kt1 datastore"
+[ "$(cat "$KIC_STATE_ROOT/kt2/config.json" | json 'd["datastore"]')" = "$STORE/kt2" ] || fail "kt2 datastore"
+
+step "ls and inspect"
+"$KM" ls
+"$KM" ls --format json >ls.json
+[ "$(json 'len(d)' <ls.json)" = 2 ] || fail "ls count"
+[ "$(json '" ".join(v["name"]+":"+v["status"] for v in d)' <ls.json)" = "kt1:running kt2:running" ] || fail "ls: $(cat ls.json)"
+[ "$(json '[v for v in d if v["name"]=="kt2"][0]["endpoint"]' <ls.json)" = "tcp://localhost:$P2" ] || fail "ls endpoint"
+"$KM" inspect kt2 | tee inspect.txt
+grep -q "DOCKER_TLS_VERIFY=1 DOCKER_CERT_PATH=$WORK/kt2 DOCKER_HOST=tcp://localhost:$P2" inspect.txt || fail "inspect env"
+grep -q "memory 4096 MiB, vCPUs 4, containers 5" inspect.txt || fail "inspect limits"
+grep -q "docker -H localhost:$P2 --tlsverify" inspect.txt || fail "inspect connect"
+cfg=$("$KM" inspect config kt2)
+echo "$cfg"
+for w in "--name kt2" "--image-store $STORE" "--endpoint 127.0.0.1:$P2" "--memory 4096MiB" "--cpu 4" \
+    "--containers 5" "--volume-store $WORK/vols:default" "--tls-cname localhost"; do
+    grep -q -- "$w" <<<"$cfg" || fail "inspect config lacks $w"
+done
+[ "$("$KM" inspect kt2 --config)" = "$cfg" ] || fail "inspect --config differs"
+grep -q -- "--no-tls" <<<"$("$KM" inspect config kt1)" || fail "kt1 inspect config lacks --no-tls"
+"$KM" inspect kt2 --format json | json 'd["versions"]["bootstrap"]'
+
+step "kill -9 of kic-vch: the supervisor restarts it"
+old=$(cat "$KIC_STATE_ROOT/kt2/vch.pid")
+kill -9 "$old"
+t0=$(date +%s%N)
+until ping_sock kt2 >/dev/null 2>&1 && [ "$(cat "$KIC_STATE_ROOT/kt2/vch.pid" 2>/dev/null)" != "$old" ]; do
+    [ $(( ($(date +%s%N) - t0) / 1000000 )) -lt 60000 ] || fail "kic-vch not restarted within 60s"
+    sleep 0.1
+done
+echo "answering again after $(( ($(date +%s%N) - t0) / 1000000 )) ms"
+grep -q "kic-vch exited unexpectedly (pid $old" "$KIC_STATE_ROOT/kt2/supervisor.log" || fail "restart not logged"
+env $(cat kt2/kt2.env) docker version >/dev/null
+
+step "the endpoint survives the shell that created it"
+[ "$(ps -o sid= -p "$(cat "$KIC_STATE_ROOT/kt2/supervisor.pid")" | tr -d ' ')" = "$(cat "$KIC_STATE_ROOT/kt2/supervisor.pid")" ] || fail "supervisor is not a session leader"
+
+step "configure changes limits"
+"$KM" configure kt2 --containers 7 --memory 8GiB --cpu unlimited | tee configure.out
+tail -n 1 configure.out | grep -q "Completed successfully"
+[ "$(json 'd["limits"]' <"$KIC_STATE_ROOT/kt2/config.json")" = "{'memory_mib': 8192, 'cpus': None, 'containers': 7}" ] || fail "config limits: $(cat "$KIC_STATE_ROOT/kt2/config.json")"
+"$KM" inspect kt2 | grep -q "memory 8192 MiB, vCPUs unlimited, containers 7" || fail "inspect after configure"
+env $(cat kt2/kt2.env) docker info >/dev/null
+out=$("$KM" configure kt2 --memory 100 2>&1) && fail "memory below a container accepted"
+grep -q "less than one container" <<<"$out" || fail "configure check: $out"
+
+step "upgrade and rollback"
+out=$("$KM" upgrade kt2 2>&1) && fail "upgrade to the same binaries accepted"
+grep -q "already runs these binaries" <<<"$out" || fail "upgrade refusal: $out"
+out=$("$KM" upgrade kt2 --rollback 2>&1) && fail "rollback without upgrade accepted"
+grep -q "nothing to roll back to" <<<"$out" || fail "rollback refusal: $out"
+"$KM" upgrade kt2 --force | tee upgrade.out
+grep -q "kic-vch: .* -> " upgrade.out || fail "upgrade versions"
+grep -q "bootstrap: .* -> " upgrade.out || fail "upgrade bootstrap versions"
+[ -x "$KIC_STATE_ROOT/kt2/bin.prev/kic-vch" ] && [ -f "$KIC_STATE_ROOT/kt2/bin.prev/config.json" ] || fail "bin.prev"
+env $(cat kt2/kt2.env) docker version >/dev/null
+"$KM" upgrade kt2 --rollback | tee rollback.out
+tail -n 1 rollback.out | grep -q "Completed successfully"
+env $(cat kt2/kt2.env) docker version >/dev/null
+
+step "debug"
+"$KM" debug kt1 --log-level debug | tee debug.out
+grep -q "$KIC_STATE_ROOT/kt1/vch.log" debug.out || fail "debug log path"
+[ "$(json 'd["debug"]' <"$KIC_STATE_ROOT/kt1/config.json")" = True ] || fail "debug not set"
+ping_sock kt1 | grep -q OK
+
+step "stop and start"
+"$KM" stop kt1
+[ "$("$KM" ls --format json | json '[v for v in d if v["name"]=="kt1"][0]["status"]')" = stopped ] || fail "kt1 not stopped"
+"$KM" start kt1
+env $(cat kt1/kt1.env) docker version >/dev/null
+
+step "a second create with the same name is refused"
+out=$("$KM" create --name kt1 --image-store "$STORE" --no-tls 2>&1) && fail "duplicate name accepted"
+grep -q 'already exists' <<<"$out" || fail "duplicate: $out"
+
+step "delete"
+"$KM" delete kt1 | tee delete1.out
+tail -n 1 delete1.out | grep -q "Completed successfully"
+[ ! -e "$KIC_STATE_ROOT/kt1" ] || fail "kt1 state left"
+[ ! -e "$STORE/kt1" ] || fail "kt1 datastore left"
+env $(cat kt2/kt2.env) docker version >/dev/null # the other VCH is untouched
+"$KM" delete --name kt2
+[ -d "$WORK/vols" ] || fail "volume store removed without --force"
+[ ! -e "$KIC_STATE_ROOT/kt2" ] || fail "kt2 state left"
+! virsh -q pool-info kic-kt2 >/dev/null 2>&1 || fail "pool kic-kt2 left"
+[ "$("$KM" ls --format json | json 'len(d)')" = 0 ] || fail "ls after delete"
+
+step "PASS"
