@@ -29,9 +29,11 @@ pub mod reference;
 pub mod registry;
 pub mod spec;
 mod store;
+pub mod transfer;
 
 pub use digest::Digest;
 pub use error::{ErrorKind, ImageError};
 pub use reference::Reference;
 pub use spec::{ContainerConfig, ImageConfig};
 pub use store::{ImageRecord, ImageStore, PullOptions, PullProgress, DEFAULT_DISK_SIZE};
+pub use transfer::{ImageParts, LoadedImage};

@@ -130,6 +130,139 @@ pub fn parse_challenge(h: &str) -> (String, Vec<(String, String)>) {
     (scheme.to_ascii_lowercase(), params)
 }
 
+/// Checks credentials against a registry's `/v2/` as `docker login` does: Basic auth directly,
+/// or a Bearer token request to the challenge's realm. `Ok` means the registry accepted them.
+/// Errors use dockerd's wording (`login attempt to ... failed with status: 401 Unauthorized`,
+/// `Get "...": unauthorized: ...`).
+pub async fn login(domain: &str, opts: &RegistryOptions) -> Result<()> {
+    let host = if domain == crate::reference::DOCKER_HUB_DOMAIN {
+        "registry-1.docker.io"
+    } else {
+        domain
+    };
+    let insecure = is_insecure(domain, &opts.insecure_registries);
+    let mut attempts = vec![(format!("https://{host}"), client(!insecure)?)];
+    if insecure {
+        attempts.push((format!("http://{host}"), client(true)?));
+    }
+    let mut last = String::new();
+    let mut reached = None;
+    for (base, http) in attempts {
+        let url = format!("{base}/v2/");
+        match http.get(&url).send().await {
+            Ok(resp) => {
+                reached = Some((url, http, resp));
+                break;
+            }
+            Err(e) => last = format!("Get \"{url}\": {}", err_chain(&e)),
+        }
+    }
+    let Some((url, http, resp)) = reached else {
+        return Err(ImageError::registry(domain, last));
+    };
+    if resp.status().is_success() {
+        return Ok(());
+    }
+    if resp.status() != StatusCode::UNAUTHORIZED {
+        return Err(ImageError::registry(
+            domain,
+            format!(
+                "login attempt to {url} failed with status: {}",
+                resp.status()
+            ),
+        ));
+    }
+    let (user, pass) = opts.credentials.clone().unwrap_or_default();
+    let challenge = resp
+        .headers()
+        .get_all(WWW_AUTHENTICATE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .map(parse_challenge)
+        .find(|(s, _)| s == "bearer" || s == "basic");
+    match challenge {
+        Some((scheme, params)) if scheme == "bearer" => {
+            let get = |k: &str| params.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
+            let realm = get("realm")
+                .ok_or_else(|| ImageError::registry(domain, "Bearer challenge without a realm"))?;
+            let mut query: Vec<(&str, String)> = vec![("account", user.clone())];
+            if let Some(s) = get("service") {
+                query.push(("service", s));
+            }
+            let r = http
+                .get(&realm)
+                .query(&query)
+                .basic_auth(&user, Some(&pass))
+                .send()
+                .await
+                .map_err(|e| {
+                    ImageError::registry(domain, format!("Get \"{realm}\": {}", err_chain(&e)))
+                })?;
+            if r.status().is_success() {
+                return Ok(());
+            }
+            let status = r.status();
+            let body = r.text().await.unwrap_or_default();
+            let detail = registry_error_text(&body)
+                .unwrap_or_else(|| "incorrect username or password".to_string());
+            if status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN {
+                Err(ImageError::Unauthorized(format!(
+                    "Get \"{url}\": unauthorized: {detail}"
+                )))
+            } else {
+                Err(ImageError::registry(
+                    domain,
+                    format!("Get \"{realm}\": HTTP {status}: {detail}"),
+                ))
+            }
+        }
+        Some(_) => {
+            let r = http
+                .get(&url)
+                .basic_auth(&user, Some(&pass))
+                .send()
+                .await
+                .map_err(|e| {
+                    ImageError::registry(domain, format!("Get \"{url}\": {}", err_chain(&e)))
+                })?;
+            if r.status().is_success() {
+                Ok(())
+            } else if r.status() == StatusCode::UNAUTHORIZED {
+                Err(ImageError::Unauthorized(format!(
+                    "login attempt to {url} failed with status: {} {}",
+                    r.status().as_u16(),
+                    r.status().canonical_reason().unwrap_or("")
+                )))
+            } else {
+                Err(ImageError::registry(
+                    domain,
+                    format!("login attempt to {url} failed with status: {}", r.status()),
+                ))
+            }
+        }
+        None => Err(ImageError::Unauthorized(format!(
+            "Get \"{url}\": unauthorized: the registry asks for authentication it does not name"
+        ))),
+    }
+}
+
+/// The first message of an OCI Distribution error body (`{"errors":[{"message":..}]}`), or
+/// of a token server's `{"details":..}` / `{"error":..}`.
+fn registry_error_text(body: &str) -> Option<String> {
+    let v: serde_json::Value = serde_json::from_str(body).ok()?;
+    if let Some(m) = v
+        .get("errors")
+        .and_then(|e| e.get(0))
+        .and_then(|e| e.get("message"))
+        .and_then(|m| m.as_str())
+    {
+        return Some(m.to_string());
+    }
+    ["details", "error", "message"]
+        .iter()
+        .find_map(|k| v.get(*k).and_then(|m| m.as_str()).map(str::to_string))
+}
+
 impl RegistryClient {
     /// Finds how to talk to the registry of `r` (HTTPS, or HTTP if allowed) and pings `/v2/`.
     pub async fn connect(r: &Reference, opts: &RegistryOptions) -> Result<RegistryClient> {

@@ -21,6 +21,9 @@ use crate::spec::{self, Descriptor, ImageConfig, Manifest, ManifestKind};
 /// Default size of an image disk (sparse: only used blocks cost space).
 pub const DEFAULT_DISK_SIZE: u64 = 8 << 30;
 
+/// Layers downloaded at once (dockerd's default `max-concurrent-downloads` is 3).
+const PARALLEL_DOWNLOADS: usize = 3;
+
 /// How to pull.
 #[derive(Debug, Clone)]
 pub struct PullOptions {
@@ -76,40 +79,43 @@ pub struct ImageRecord {
 
 /// What the store keeps per image in `meta/<id>.json`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-struct ImageMeta {
-    id: Digest,
-    manifest_digest: Digest,
+pub(crate) struct ImageMeta {
+    pub(crate) id: Digest,
+    pub(crate) manifest_digest: Digest,
     /// Every blob the image needs: indexes, manifests, config, layers.
-    blobs: Vec<Digest>,
-    layers: Vec<Digest>,
-    config: ImageConfig,
-    size: u64,
-    disk_size: u64,
+    pub(crate) blobs: Vec<Digest>,
+    pub(crate) layers: Vec<Digest>,
+    pub(crate) config: ImageConfig,
+    pub(crate) size: u64,
+    pub(crate) disk_size: u64,
+    /// Bytes of file content each layer holds, counted once on demand (history, df).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) layer_sizes: Option<Vec<u64>>,
 }
 
 #[derive(Debug, Default, Serialize, Deserialize)]
-struct Repositories {
+pub(crate) struct Repositories {
     /// Full reference (`docker.io/library/busybox:latest` or `...@sha256:..`) -> image id.
-    refs: BTreeMap<String, Digest>,
+    pub(crate) refs: BTreeMap<String, Digest>,
 }
 
 /// Owns `<datastore>/images/`. Cheap to clone; all state is on disk.
 #[derive(Debug, Clone)]
 pub struct ImageStore {
-    layout: Layout,
-    content: ContentStore,
+    pub(crate) layout: Layout,
+    pub(crate) content: ContentStore,
 }
 
 /// A resolved and verified image manifest, ready to be materialised.
-struct Resolved {
-    top: Digest,
-    manifest: Manifest,
-    config: ImageConfig,
+pub(crate) struct Resolved {
+    pub(crate) top: Digest,
+    pub(crate) manifest: Manifest,
+    pub(crate) config: ImageConfig,
     /// Index(es) and manifest digests, already in the content store.
-    docs: Vec<Digest>,
+    pub(crate) docs: Vec<Digest>,
 }
 
-fn write_atomic(layout: &Layout, dest: &Path, data: &[u8]) -> Result<()> {
+pub(crate) fn write_atomic(layout: &Layout, dest: &Path, data: &[u8]) -> Result<()> {
     let tmp = layout.tmp_dir();
     let mut t = tempfile::Builder::new()
         .prefix("meta-")
@@ -141,7 +147,7 @@ fn layer_refs(m: &Manifest, c: &ImageConfig) -> Result<Vec<LayerRef>> {
         .collect())
 }
 
-fn check_layer_media(d: &Descriptor) -> Result<()> {
+pub(crate) fn check_layer_media(d: &Descriptor) -> Result<()> {
     let mt = d.media_type.as_str();
     // Foreign and non-distributable layers are still tars; the registry must serve them.
     let ok = mt.is_empty()
@@ -207,14 +213,14 @@ impl ImageStore {
         &self.layout
     }
 
-    fn lock(&self) -> Result<nix::fcntl::Flock<File>> {
+    pub(crate) fn lock(&self) -> Result<nix::fcntl::Flock<File>> {
         let p = self.layout.store_lock();
         let f = File::create(&p).map_err(|e| ImageError::io("create lock", &p, e))?;
         nix::fcntl::Flock::lock(f, nix::fcntl::FlockArg::LockExclusive)
             .map_err(|(_, e)| ImageError::io("lock", &p, e.into()))
     }
 
-    fn repos(&self) -> Result<Repositories> {
+    pub(crate) fn repos(&self) -> Result<Repositories> {
         let p = self.layout.repositories();
         match fs::read(&p) {
             Ok(b) => serde_json::from_slice(&b)
@@ -224,12 +230,12 @@ impl ImageStore {
         }
     }
 
-    fn save_repos(&self, r: &Repositories) -> Result<()> {
+    pub(crate) fn save_repos(&self, r: &Repositories) -> Result<()> {
         let data = serde_json::to_vec_pretty(r).expect("serialisable");
         write_atomic(&self.layout, &self.layout.repositories(), &data)
     }
 
-    fn meta(&self, id: &Digest) -> Result<Option<ImageMeta>> {
+    pub(crate) fn meta(&self, id: &Digest) -> Result<Option<ImageMeta>> {
         let p = self.layout.meta(id);
         match fs::read(&p) {
             Ok(b) => serde_json::from_slice(&b)
@@ -240,7 +246,7 @@ impl ImageStore {
         }
     }
 
-    fn all_meta(&self) -> Result<Vec<ImageMeta>> {
+    pub(crate) fn all_meta(&self) -> Result<Vec<ImageMeta>> {
         let dir = self.layout.meta_dir();
         let mut out = Vec::new();
         for e in fs::read_dir(&dir).map_err(|e| ImageError::io("list", &dir, e))? {
@@ -259,7 +265,7 @@ impl ImageStore {
         Ok(out)
     }
 
-    fn record(&self, m: &ImageMeta, repos: &Repositories) -> ImageRecord {
+    pub(crate) fn record(&self, m: &ImageMeta, repos: &Repositories) -> ImageRecord {
         let mut repo_tags = Vec::new();
         let mut repo_digests = Vec::new();
         for (k, v) in &repos.refs {
@@ -284,7 +290,7 @@ impl ImageStore {
     }
 
     /// Finds the image id for a name, tag, digest reference, full id or unique id prefix.
-    fn resolve(&self, name_or_id: &str, repos: &Repositories) -> Result<Digest> {
+    pub(crate) fn resolve(&self, name_or_id: &str, repos: &Repositories) -> Result<Digest> {
         let not_found = || ImageError::NotFound(name_or_id.to_string());
         let s = name_or_id.trim();
         if let Some(hex) = s.strip_prefix("sha256:") {
@@ -484,12 +490,38 @@ impl ImageStore {
                 });
             }
         } else {
+            // As dockerd: every layer to fetch is announced, those beyond the parallel
+            // downloads wait for a slot.
+            let mut queued = 0;
+            for l in &resolved.manifest.layers {
+                if self.content.has(&l.digest) {
+                    continue;
+                }
+                let id = l.digest.short().to_string();
+                progress(PullProgress {
+                    id: id.clone(),
+                    status: "Pulling fs layer".into(),
+                    current: 0,
+                    total: None,
+                });
+                if queued >= PARALLEL_DOWNLOADS {
+                    progress(PullProgress {
+                        id,
+                        status: "Waiting".into(),
+                        current: 0,
+                        total: None,
+                    });
+                }
+                queued += 1;
+            }
             let mut downloads = Vec::new();
             for l in &resolved.manifest.layers {
                 downloads.push(self.download_layer(&client, l, progress));
             }
-            let results: Vec<Result<()>> =
-                futures::stream::iter(downloads).buffered(3).collect().await;
+            let results: Vec<Result<()>> = futures::stream::iter(downloads)
+                .buffered(PARALLEL_DOWNLOADS)
+                .collect()
+                .await;
             results.into_iter().collect::<Result<Vec<()>>>()?;
         }
         let top = resolved.top.clone();
@@ -563,7 +595,7 @@ impl ImageStore {
         })
     }
 
-    fn read_config(&self, d: &Digest) -> Result<ImageConfig> {
+    pub(crate) fn read_config(&self, d: &Digest) -> Result<ImageConfig> {
         let b = self.content.read(d)?;
         serde_json::from_slice(&b)
             .map_err(|e| ImageError::Invalid(format!("image config {d} is not valid: {e}")))
@@ -588,7 +620,6 @@ impl ImageStore {
             p("Already exists", 0, None);
             return Ok(());
         }
-        p("Pulling fs layer", 0, None);
         let mut t = self.content.temp()?;
         let f = t
             .as_file_mut()
@@ -607,7 +638,7 @@ impl ImageStore {
     }
 
     /// Builds the disk (in a blocking thread) and writes the image metadata.
-    async fn materialise(
+    pub(crate) async fn materialise(
         &self,
         res: Resolved,
         disk_size: u64,
@@ -667,6 +698,7 @@ impl ImageStore {
             config: res.config,
             size,
             disk_size,
+            layer_sizes: old.and_then(|o| o.layer_sizes),
         };
         write_atomic(
             &self.layout,
@@ -714,8 +746,7 @@ impl ImageStore {
         Ok(self.record(&m, &repos))
     }
 
-    fn read_layout(&self, dir: &Path) -> Result<(Resolved, Option<String>)> {
-        let blob = |d: &Digest| dir.join("blobs").join("sha256").join(d.hex());
+    pub(crate) fn read_layout(&self, dir: &Path) -> Result<(Resolved, Option<String>)> {
         let index_path = dir.join("index.json");
         let ib = fs::read(&index_path)
             .map_err(|e| ImageError::io("read OCI layout index", &index_path, e))?;
@@ -740,56 +771,6 @@ impl ImageStore {
             .or(entry.annotations.get(spec::ANNOTATION_REF_NAME))
             .filter(|n| n.contains(':') || n.contains('/'))
             .cloned();
-        let load = |d: &Descriptor, what: &str| -> Result<Vec<u8>> {
-            let p = blob(&d.digest);
-            let b = fs::read(&p).map_err(|e| ImageError::io("read", &p, e))?;
-            self.content.put_bytes(what, &d.digest, &b)?;
-            Ok(b)
-        };
-        let mut docs = Vec::new();
-        let top = entry.digest.clone();
-        let body = load(&entry, "manifest")?;
-        docs.push(top.clone());
-        let manifest = match spec::parse_manifest(&body, Some(&entry.media_type))
-            .map_err(ImageError::Invalid)?
-        {
-            ManifestKind::Image(m) => m,
-            ManifestKind::Index(ix) => {
-                let d = spec::pick_platform(&ix, "linux", "amd64")
-                    .ok_or_else(|| {
-                        ImageError::Invalid("no linux/amd64 image in the layout's index".into())
-                    })?
-                    .clone();
-                let b = load(&d, "manifest")?;
-                docs.push(d.digest.clone());
-                match spec::parse_manifest(&b, Some(&d.media_type)).map_err(ImageError::Invalid)? {
-                    ManifestKind::Image(m) => m,
-                    ManifestKind::Index(_) => {
-                        return Err(ImageError::Invalid(
-                            "nested image indexes are not supported".into(),
-                        ))
-                    }
-                }
-            }
-        };
-        load(&manifest.config, "image config")?;
-        docs.push(manifest.config.digest.clone());
-        for l in &manifest.layers {
-            check_layer_media(l)?;
-            let p = blob(&l.digest);
-            let f = File::open(&p).map_err(|e| ImageError::io("open", &p, e))?;
-            self.content
-                .put_reader(&format!("layer {}", l.digest), &l.digest, Some(l.size), f)?;
-        }
-        let config = self.read_config(&manifest.config.digest)?;
-        Ok((
-            Resolved {
-                top,
-                manifest,
-                config,
-                docs,
-            },
-            name,
-        ))
+        Ok((self.resolve_layout_entry(dir, &entry)?, name))
     }
 }
