@@ -81,6 +81,19 @@ grep -q "cannot listen on 127.0.0.1:$P1" <<<"$out" || fail "busy port: $out"
 kill $HOLD; wait $HOLD 2>/dev/null || true
 [ ! -e "$KIC_STATE_ROOT/kt0" ] || fail "a failed create left state behind"
 
+step "an endpoint that dies during startup: create shows its log and leaves nothing behind"
+cat >"$WORK/broken-kic-vch" <<'EOF2'
+#!/bin/sh
+[ "$1" = --version ] && { echo "kic-vch 9.9.9-broken"; exit 0; }
+echo "broken endpoint: cannot start (test fixture)" >&2
+exit 3
+EOF2
+chmod +x "$WORK/broken-kic-vch"
+out=$(KIC_VCH_BIN=$WORK/broken-kic-vch "$KM" create --name kt0 --image-store "$STORE" --endpoint 127.0.0.1:$P1 --no-tls 2>&1) && fail "broken endpoint accepted"
+grep -q "broken endpoint: cannot start" <<<"$out" || fail "vch.log tail not shown: $out"
+[ ! -e "$KIC_STATE_ROOT/kt0" ] && [ ! -e "$STORE/kt0" ] || fail "a failed create left state behind"
+! virsh -q pool-info kic-kt0 >/dev/null 2>&1 || fail "pool kic-kt0 left"
+
 step "create kt1 (--no-tls)"
 "$KM" create --name kt1 --image-store "$STORE" --endpoint 127.0.0.1:$P1 --no-tls | tee kt1.out
 [ "$(tail -n 1 kt1.out | sed 's/^INFO\[[0-9]*\] //')" = "Installer completed successfully" ] || fail "kt1 last line"
@@ -168,6 +181,9 @@ grep -q "nothing to roll back to" <<<"$out" || fail "rollback refusal: $out"
 grep -q "kic-vch: .* -> " upgrade.out || fail "upgrade versions"
 grep -q "bootstrap: .* -> " upgrade.out || fail "upgrade bootstrap versions"
 [ -x "$KIC_STATE_ROOT/kt2/bin.prev/kic-vch" ] && [ -f "$KIC_STATE_ROOT/kt2/bin.prev/config.json" ] || fail "bin.prev"
+env $(cat kt2/kt2.env) docker version >/dev/null
+out=$(KIC_VCH_BIN=$WORK/broken-kic-vch "$KM" upgrade kt2 2>&1) && fail "upgrade to a broken endpoint succeeded"
+grep -q "rolling back" <<<"$out" || fail "no automatic rollback: $out"
 env $(cat kt2/kt2.env) docker version >/dev/null
 "$KM" upgrade kt2 --rollback | tee rollback.out
 tail -n 1 rollback.out | grep -q "Completed successfully"

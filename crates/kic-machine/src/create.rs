@@ -310,10 +310,9 @@ pub fn run(root: &Path, a: &CreateArgs) -> Result<()> {
     ) {
         Ok(()) => Ok(()),
         Err(e) => {
-            crate::error!("{e:#}");
-            crate::error!("Removing the partly created VCH {:?}", a.name);
+            warn!("Removing the partly created VCH {:?}", a.name);
             undo.run();
-            Err(e.context("create failed; nothing was left behind"))
+            Err(e)
         }
     }
 }

@@ -265,6 +265,19 @@ pub fn restart(root: &Path, v: &Vch, timeout: Duration) -> Result<()> {
     start(root, v, timeout)
 }
 
+/// Make a saved configuration take effect: restart the endpoint if it runs.
+fn apply(root: &Path, v: &Vch, timeout: Duration) -> Result<()> {
+    if supervise::supervisor_pid(v).is_some() {
+        restart(root, v, timeout)
+    } else {
+        info!(
+            "The endpoint is stopped; the change takes effect at `kic-machine start {}`",
+            v.name
+        );
+        Ok(())
+    }
+}
+
 pub fn start(root: &Path, v: &Vch, timeout: Duration) -> Result<()> {
     let off = supervise::log_offset(v);
     let pid = supervise::start(root, v)?;
@@ -401,6 +414,7 @@ pub fn configure(root: &Path, a: &ConfigureArgs) -> Result<()> {
         m.tls_ca = srcs;
         info!("Client CAs replaced");
     }
+    let old_meta = v.load_meta()?;
     v.save(&c)?;
     v.save_meta(&m)?;
     info!(
@@ -410,7 +424,14 @@ pub fn configure(root: &Path, a: &ConfigureArgs) -> Result<()> {
         limit(c.limits.containers, "")
     );
     info!("Configuration saved in {}", v.config().display());
-    restart(root, &v, parse_duration(&a.timeout)?)?;
+    if let Err(e) = apply(root, &v, parse_duration(&a.timeout)?) {
+        crate::error!("{e:#}");
+        crate::error!("Restoring the previous configuration");
+        v.save(&old)?;
+        v.save_meta(&old_meta)?;
+        restart(root, &v, parse_duration(&a.timeout)?)?;
+        bail!("the endpoint did not start with the new configuration; the previous one is back in effect");
+    }
     info!("Completed successfully");
     Ok(())
 }
@@ -438,15 +459,7 @@ pub fn upgrade(root: &Path, a: &UpgradeArgs) -> Result<()> {
             );
         }
         supervise::stop(&v)?;
-        // Swap bin <-> bin.prev and the configurations.
-        let tmp = v.dir.join("bin.swap");
-        let _ = std::fs::remove_dir_all(&tmp);
-        std::fs::copy(v.config(), v.bin().join("config.json"))?;
-        std::fs::rename(v.bin(), &tmp)?;
-        std::fs::rename(&prev, v.bin())?;
-        std::fs::rename(&tmp, &prev)?;
-        VchConfig::load(&v.bin().join("config.json"))?.save(&v.config())?;
-        std::fs::remove_file(v.bin().join("config.json"))?;
+        swap_prev(&v)?;
         info!("Restored the binaries and configuration from before the upgrade");
     } else {
         info!("### Upgrading VCH {name} ####");
@@ -469,7 +482,12 @@ pub fn upgrade(root: &Path, a: &UpgradeArgs) -> Result<()> {
         let _ = std::fs::remove_dir_all(&staged);
         install_binaries(&staged, &vch_bin, &tether)?;
         supervise::stop(&v)?;
-        let _ = std::fs::remove_dir_all(&prev);
+        // The current rollback target is kept aside until the new endpoint answers.
+        let older = v.dir.join("bin.prev.old");
+        let _ = std::fs::remove_dir_all(&older);
+        if prev.exists() {
+            std::fs::rename(&prev, &older)?;
+        }
         std::fs::rename(v.bin(), &prev)?;
         std::fs::copy(v.config(), prev.join("config.json"))?;
         std::fs::rename(&staged, v.bin())?;
@@ -480,13 +498,45 @@ pub fn upgrade(root: &Path, a: &UpgradeArgs) -> Result<()> {
             "Previous binaries and configuration kept in {} (for --rollback)",
             prev.display()
         );
+        if let Err(e) = start(root, &v, timeout) {
+            crate::error!("{e:#}");
+            crate::error!("The upgraded endpoint does not start: rolling back");
+            supervise::stop(&v)?;
+            std::fs::remove_dir_all(v.bin())?;
+            std::fs::rename(&prev, v.bin())?;
+            VchConfig::load(&v.bin().join("config.json"))?.save(&v.config())?;
+            std::fs::remove_file(v.bin().join("config.json"))?;
+            if older.exists() {
+                std::fs::rename(&older, &prev)?;
+            }
+            start(root, &v, timeout)?;
+            bail!("upgrade failed; VCH {name} runs kic-vch {old_vch} again");
+        }
+        let _ = std::fs::remove_dir_all(&older);
     }
-    start(root, &v, timeout)?;
+    if a.rollback {
+        start(root, &v, timeout)?;
+    }
     let new_vch = checks::vch_version(&v.vch_bin()).unwrap_or_else(|_| "unknown".into());
     let new_boot = boot_version(&v).unwrap_or_else(|| "unknown".into());
     info!("kic-vch: {old_vch} -> {new_vch}");
     info!("bootstrap: {old_boot} -> {new_boot}");
     info!("Completed successfully");
+    Ok(())
+}
+
+/// Swap `bin` with `bin.prev` and `config.json` with `bin.prev/config.json` (the endpoint is
+/// stopped).
+fn swap_prev(v: &Vch) -> Result<()> {
+    let prev = v.bin_prev();
+    let tmp = v.dir.join("bin.swap");
+    let _ = std::fs::remove_dir_all(&tmp);
+    std::fs::copy(v.config(), v.bin().join("config.json"))?;
+    std::fs::rename(v.bin(), &tmp)?;
+    std::fs::rename(&prev, v.bin())?;
+    std::fs::rename(&tmp, &prev)?;
+    VchConfig::load(&v.bin().join("config.json"))?.save(&v.config())?;
+    std::fs::remove_file(v.bin().join("config.json"))?;
     Ok(())
 }
 
@@ -606,7 +656,7 @@ pub fn debug(root: &Path, a: &DebugArgs) -> Result<()> {
             };
             v.save(&c)?;
             info!("Log level set to {}", if want { "debug" } else { "info" });
-            restart(root, &v, parse_duration(&a.timeout)?)?;
+            apply(root, &v, parse_duration(&a.timeout)?)?;
         } else {
             info!(
                 "Log level is {} already",

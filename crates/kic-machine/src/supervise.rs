@@ -290,7 +290,7 @@ pub fn wait_ready(v: &Vch, timeout: Duration, log_offset: u64) -> Result<()> {
         let new = String::from_utf8_lossy(log.get(log_offset as usize..).unwrap_or(&[]));
         if new.contains("kic-vch exited unexpectedly") || new.contains("cannot start") {
             bail!(
-                "the endpoint exited during startup; the end of {}:\n{}",
+                "the endpoint exited during startup; its log ({}) ends with:\n{}",
                 v.vch_log().display(),
                 crate::util::tail(&v.vch_log(), 25)
             );
