@@ -128,6 +128,32 @@ fi
 [ "$(cat "$KIC_STATE_ROOT/kt1/config.json" | json 'd["datastore"]')" = "$STORE/kt1" ] || fail "kt1 datastore"
 [ "$(cat "$KIC_STATE_ROOT/kt2/config.json" | json 'd["datastore"]')" = "$STORE/kt2" ] || fail "kt2 datastore"
 
+step "kt3: client CAs of the admin's own (--tls-ca), replaced by configure --tls-ca"
+mkca() { # NAME: a CA NAME.pem and a client pair NAME-client.pem/NAME-client-key.pem signed by it
+    openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout "$1-key.pem" -out "$1.pem" \
+        -subj "/CN=$1" -days 2 -addext basicConstraints=critical,CA:TRUE -addext keyUsage=critical,keyCertSign 2>/dev/null
+    openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout "$1-client-key.pem" -out "$1.csr" \
+        -subj "/CN=$1-user" 2>/dev/null
+    printf 'extendedKeyUsage=clientAuth\nkeyUsage=critical,digitalSignature\n' >"$1.ext"
+    openssl x509 -req -in "$1.csr" -CA "$1.pem" -CAkey "$1-key.pem" -CAcreateserial -days 2 \
+        -extfile "$1.ext" -out "$1-client.pem" 2>/dev/null
+}
+mkca userca
+mkca userca2
+P3=$(free_port)
+"$KM" create --name kt3 --image-store "$STORE" --endpoint 127.0.0.1:$P3 --tls-ca userca.pem >kt3.out
+tail -n 1 kt3.out | grep -q "Installer completed successfully" || fail "kt3 create"
+[ ! -e kt3/cert.pem ] || fail "a client pair was generated despite --tls-ca"
+u1() { curl -sf --max-time 10 --cacert kt3/ca.pem --cert userca-client.pem --key userca-client-key.pem https://127.0.0.1:$P3/_ping; }
+u2() { curl -sf --max-time 10 --cacert kt3/ca.pem --cert userca2-client.pem --key userca2-client-key.pem https://127.0.0.1:$P3/_ping; }
+u1 | grep -q OK || fail "client of --tls-ca refused"
+if u2 >/dev/null 2>&1; then fail "client of another CA accepted"; fi
+grep -q -- "--tls-ca $WORK/userca.pem" <<<"$("$KM" inspect config kt3)" || fail "inspect config lacks --tls-ca"
+"$KM" configure kt3 --tls-ca userca2.pem >/dev/null
+u2 | grep -q OK || fail "client of the new --tls-ca refused"
+if u1 >/dev/null 2>&1; then fail "client of the replaced CA still accepted"; fi
+"$KM" delete kt3 >/dev/null
+
 step "ls and inspect"
 "$KM" ls
 "$KM" ls --format json >ls.json
@@ -152,6 +178,11 @@ step "kill -9 of kic-vch: the supervisor restarts it"
 old=$(cat "$KIC_STATE_ROOT/kt2/vch.pid")
 kill -9 "$old"
 t0=$(date +%s%N)
+until [ -s "$KIC_STATE_ROOT/kt2/vch.pid" ] && [ "$(cat "$KIC_STATE_ROOT/kt2/vch.pid")" != "$old" ]; do
+    [ $(( ($(date +%s%N) - t0) / 1000000 )) -lt 2000 ] || fail "kic-vch not restarted within 2s"
+    sleep 0.05
+done
+echo "restarted after $(( ($(date +%s%N) - t0) / 1000000 )) ms"
 until ping_sock kt2 >/dev/null 2>&1 && [ "$(cat "$KIC_STATE_ROOT/kt2/vch.pid" 2>/dev/null)" != "$old" ]; do
     [ $(( ($(date +%s%N) - t0) / 1000000 )) -lt 60000 ] || fail "kic-vch not restarted within 60s"
     sleep 0.1

@@ -186,6 +186,12 @@ pub fn run(root: &Path, a: &CreateArgs) -> Result<()> {
     info!("Validating supplied configuration");
     checks::validate_name(&a.name)?;
     checks::name_unused(root, &a.name)?;
+    if v.socket().as_os_str().len() > 100 {
+        bail!(
+            "the endpoint's socket path {} is too long for a unix socket (limit about 100 bytes): use a shorter --state-root",
+            v.socket().display()
+        );
+    }
     let vch_bin = checks::find_vch_bin()?;
     let vch_version = checks::vch_version(&vch_bin)
         .with_context(|| format!("the endpoint program {} does not run", vch_bin.display()))?;

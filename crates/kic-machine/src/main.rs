@@ -23,7 +23,14 @@ use cli::{Cli, Cmd};
 fn main() {
     let cli = Cli::parse();
     util::start_clock();
-    let root = cli.state_root.clone();
+    // Absolute: the supervisor runs in the VCH's directory and gets this path.
+    let root = match util::absolute(&cli.state_root) {
+        Ok(r) => r,
+        Err(e) => {
+            error!("{e:#}");
+            std::process::exit(1);
+        }
+    };
     let (verb, r) = match &cli.cmd {
         Cmd::Create(a) => ("create", create::run(&root, a)),
         Cmd::Ls { format } => ("ls", manage::ls(&root, *format)),

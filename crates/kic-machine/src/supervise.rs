@@ -60,6 +60,7 @@ pub fn run(v: &Vch) -> Result<()> {
     let mut backoff = BACKOFF_MIN;
     let mut starts = 0u64;
     while !STOP.load(Ordering::SeqCst) {
+        rotate(&v.vch_log());
         let out = append(&v.vch_log())?;
         let err = out.try_clone()?;
         let mut cmd = Command::new(v.vch_bin());
@@ -144,6 +145,17 @@ pub fn run(v: &Vch) -> Result<()> {
     let _ = std::fs::remove_file(v.supervisor_pid());
     log("supervisor exits");
     Ok(())
+}
+
+/// Keep one older log when the endpoint's log has grown large (checked at each start).
+fn rotate(log: &Path) {
+    const MAX: u64 = 64 << 20;
+    if std::fs::metadata(log).is_ok_and(|m| m.len() > MAX) {
+        let old = log.with_extension("log.1");
+        if std::fs::rename(log, &old).is_ok() {
+            self::log(&format!("{} rotated to {}", log.display(), old.display()));
+        }
+    }
 }
 
 fn sleep_unless_stopped(d: Duration) -> bool {
