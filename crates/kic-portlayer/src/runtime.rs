@@ -98,6 +98,9 @@ struct Ctr {
     start_result: Mutex<Option<oneshot::Sender<Result<()>>>>,
     exit_waiters: Mutex<HashMap<String, oneshot::Sender<i32>>>,
     monitored: AtomicBool,
+    /// Orders state changes with reads of `state.json`, so that a refresh never brings back
+    /// the state a concurrent update is replacing.
+    state_io: Mutex<()>,
 }
 
 struct Inner {
@@ -1026,12 +1029,39 @@ impl PortLayer {
     }
 
     /// The container log's records; with `follow`, keeps going until the container stops.
-    /// `from_end` skips what is already there (attach).
+    /// `from_end` skips what is already there.
     pub fn logs(
         &self,
         name_or_id: &str,
         follow: bool,
         from_end: bool,
+    ) -> Result<mpsc::Receiver<LogRecord>> {
+        self.read_log(name_or_id, from_end, move |running, _| follow && running)
+    }
+
+    /// Output for an attached client: what follows (or, with `stored`, everything), until the
+    /// container's next exit. The container may not have started yet (`docker run` attaches
+    /// before it starts) or be stopped (`docker start -a`).
+    pub fn attach_output(
+        &self,
+        name_or_id: &str,
+        stored: bool,
+    ) -> Result<mpsc::Receiver<LogRecord>> {
+        let ctr = self.find(name_or_id)?;
+        ctr.refresh();
+        let finished0 = ctr.state.borrow().finished_at.clone();
+        self.read_log(name_or_id, !stored, move |running, st| {
+            running || (st.finished_at == finished0 && st.status != Status::Dead)
+        })
+    }
+
+    /// Send the log's records; after each pass, `go_on(running, state)` says whether to wait
+    /// for more.
+    fn read_log(
+        &self,
+        name_or_id: &str,
+        from_end: bool,
+        go_on: impl Fn(bool, &ContainerState) -> bool + Send + 'static,
     ) -> Result<mpsc::Receiver<LogRecord>> {
         let ctr = self.find(name_or_id)?;
         let mut reader =
@@ -1047,13 +1077,14 @@ impl PortLayer {
                 notified.as_mut().enable();
                 // Take the state before reading: if it says stopped, what follows is complete.
                 ctr.refresh();
-                let running = ctr.state.borrow().running();
+                let st = ctr.state.borrow().clone();
+                let running = st.running();
                 while let Ok(Some(r)) = reader.next_record() {
                     if tx.send(r).await.is_err() {
                         return;
                     }
                 }
-                if !follow || !running {
+                if !go_on(running, &st) || tx.is_closed() {
                     return;
                 }
                 let _ = tokio::time::timeout(Duration::from_millis(200), notified).await;
@@ -1150,6 +1181,61 @@ impl PortLayer {
             stdin,
             exit: done_rx,
         })
+    }
+
+    /// Follow a container's state: the receiver sees every change this process makes or
+    /// reads from the datastore.
+    pub fn subscribe(&self, name_or_id: &str) -> Result<watch::Receiver<ContainerState>> {
+        let ctr = self.find(name_or_id)?;
+        ctr.refresh();
+        Ok(ctr.state.subscribe())
+    }
+
+    /// Give a container a new name (Docker's rename). The datastore copy of the configuration
+    /// is written first, then the domain's metadata; the libvirt domain keeps its name.
+    pub async fn rename(&self, name_or_id: &str, new_name: &str) -> Result<()> {
+        let ctr = self.find(name_or_id)?;
+        let new_name = new_name.strip_prefix('/').unwrap_or(new_name).to_string();
+        if !valid_name(&new_name) {
+            return Err(Error::invalid(format!(
+                "Invalid container name ({new_name}), only [a-zA-Z0-9][a-zA-Z0-9_.-] are allowed"
+            )));
+        }
+        let id = ctr.id();
+        {
+            let cs = self.inner.containers.lock().expect("containers lock");
+            if let Some(other) = cs.values().find(|c| {
+                let c = c.config.read().expect("config lock");
+                c.name == new_name && c.id != id
+            }) {
+                let oid = other.config.read().expect("config lock").id.clone();
+                return Err(Error::conflict(format!(
+                    "Conflict. The container name \"/{new_name}\" is already in use by container \"{oid}\". You have to remove (or rename) that container to be able to reuse that name."
+                )));
+            }
+            let mut c = ctr.config.write().expect("config lock");
+            if c.name == new_name {
+                return Err(Error::invalid(
+                    "Renaming a container with the same name as its current name",
+                ));
+            }
+            c.name = new_name;
+        }
+        let config = ctr.config.read().expect("config lock").clone();
+        let json = serde_json::to_vec_pretty(&config).expect("serialisable");
+        write_atomic(&ctr.paths.config(), &json).map_err(io_err("write config.json"))?;
+        self.inner.hv.define(self.domain_xml(&config)).await
+    }
+
+    /// Resident memory (KiB) and CPU time (ns) of a running container's VM.
+    pub async fn vm_usage(&self, name_or_id: &str) -> Result<(u64, u64)> {
+        let ctr = self.find(name_or_id)?;
+        self.inner.hv.info(&ctr.domain()).await
+    }
+
+    /// Where the container's files are on the datastore (log, console, disk).
+    pub fn container_dir(&self, name_or_id: &str) -> Result<PathBuf> {
+        Ok(self.find(name_or_id)?.paths.dir.clone())
     }
 
     /// `docker top`: the processes inside the VM.
@@ -1293,6 +1379,7 @@ impl Ctr {
             start_result: Mutex::new(None),
             exit_waiters: Mutex::new(HashMap::new()),
             monitored: AtomicBool::new(false),
+            state_io: Mutex::new(()),
         }
     }
 
@@ -1318,6 +1405,7 @@ impl Ctr {
 
     /// Change the state, store it, and tell watchers.
     fn update(&self, f: impl FnOnce(&mut ContainerState)) {
+        let _io = self.state_io.lock().expect("state io lock");
         self.state.send_modify(f);
         if let Err(e) = self.save_state() {
             tracing::error!("container {}: cannot store its state: {e}", self.id());
@@ -1325,6 +1413,7 @@ impl Ctr {
     }
 
     fn refresh_from_disk(&self) {
+        let _io = self.state_io.lock().expect("state io lock");
         if let Some(s) = std::fs::read(self.paths.state())
             .ok()
             .and_then(|b| serde_json::from_slice::<ContainerState>(&b).ok())

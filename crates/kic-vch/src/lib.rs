@@ -1,3 +1,4 @@
+#![recursion_limit = "256"]
 //! `kic-vch`: one Virtual Container Host endpoint. It serves the Docker Engine API (the Docker
 //! personality, VIC's `docker-engine-server`) over mutual TLS, server TLS, plain TCP and a unix
 //! socket, and carries every request to the port layer.

@@ -106,3 +106,19 @@ impl EventBus {
         (h.iter().cloned().collect(), rx)
     }
 }
+
+impl EventBus {
+    /// A container event with dockerd's attributes (`image`, `name`, labels, and `extra`).
+    pub fn container(
+        &self,
+        v: &kic_portlayer::ContainerView,
+        action: &str,
+        extra: BTreeMap<String, String>,
+    ) {
+        let mut a: BTreeMap<String, String> = v.config.labels.clone();
+        a.insert("image".into(), v.config.image.clone());
+        a.insert("name".into(), v.config.name.clone());
+        a.extend(extra);
+        self.publish("container", action, &v.config.id, a);
+    }
+}

@@ -1,8 +1,13 @@
 //! The Docker Engine API routes. Every handler takes [`AppState`] and answers errors as Docker
 //! does: a status code and `{"message": "..."}`.
 
+pub mod containers;
 pub mod events;
+pub mod exec;
 pub mod images;
+pub mod stream;
+pub mod system;
+pub mod util;
 
 use crate::config::VchConfig;
 use axum::http::StatusCode;
@@ -21,6 +26,26 @@ pub struct AppState {
     pub cfg: Arc<VchConfig>,
     pub events: events::EventBus,
     pub started: std::time::Instant,
+    /// Held while limits are checked and a container is reserved.
+    pub create_lock: Arc<tokio::sync::Mutex<()>>,
+    /// Containers stopped or killed through the API: their restart policy stays quiet
+    /// (dockerd's "manually stopped").
+    pub stopped_by_user: Arc<std::sync::Mutex<std::collections::HashSet<String>>>,
+    pub execs: exec::Execs,
+}
+
+impl AppState {
+    pub fn new(pl: kic_portlayer::PortLayer, cfg: Arc<VchConfig>) -> Self {
+        AppState {
+            pl,
+            cfg,
+            events: events::EventBus::new(),
+            started: std::time::Instant::now(),
+            create_lock: Default::default(),
+            stopped_by_user: Default::default(),
+            execs: Default::default(),
+        }
+    }
 }
 
 /// An error as the Docker API returns it.
@@ -102,6 +127,10 @@ impl From<kic_image::ImageError> for ApiError {
 /// Every route of the API (unversioned paths; the server strips `/v1.NN`).
 pub fn router(state: AppState) -> Router {
     Router::new()
+        .merge(system::routes())
+        .merge(containers::routes())
+        .merge(exec::routes())
         .merge(images::routes())
+        .fallback(|| async { ApiError::not_found("page not found") })
         .with_state(state)
 }
