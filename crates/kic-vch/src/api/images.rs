@@ -14,6 +14,7 @@ mod transfer;
 
 use super::util::{flag, parse_filters, unix_of};
 use super::{ApiError, ApiResult, AppState};
+use crate::server::ApiVersion;
 use axum::body::{Body, Bytes};
 use axum::extract::{Path, Query, State};
 use axum::http::{header, HeaderMap, StatusCode};
@@ -466,7 +467,12 @@ fn summary(
     })
 }
 
-async fn list(State(state): State<AppState>, Query(q): Query<ListQuery>) -> ApiResult<Json<Value>> {
+async fn list(
+    State(state): State<AppState>,
+    version: Option<axum::Extension<ApiVersion>>,
+    Query(q): Query<ListQuery>,
+) -> ApiResult<Json<Value>> {
+    let old = version.is_some_and(|v| v.0 < ApiVersion(1, 44));
     let _ = (&q.all, &q.manifests, &q.digests);
     let f = parse_filters(q.filters.as_deref()).map_err(ApiError::bad_request)?;
     let store = state.pl.images().clone();
@@ -508,7 +514,11 @@ async fn list(State(state): State<AppState>, Query(q): Query<ListQuery>) -> ApiR
                 .as_ref()
                 .and_then(|m| m.get(&img.id).copied())
                 .unwrap_or(-1);
-            out.push(summary(img, tags, digests, -1, s));
+            let mut row = summary(img, tags, digests, -1, s);
+            if old {
+                row["VirtualSize"] = json!(img.size);
+            }
+            out.push(row);
         }
     }
     Ok(Json(Value::Array(out)))
@@ -581,11 +591,15 @@ fn split_action(rest: &str) -> (&str, &str) {
 async fn get_image(
     State(state): State<AppState>,
     Path(rest): Path<String>,
+    version: Option<axum::Extension<ApiVersion>>,
     raw: axum::extract::RawQuery,
 ) -> ApiResult<Response> {
     let (name, action) = split_action(&rest);
+    let version = version.map(|v| v.0).unwrap_or_else(ApiVersion::newest);
     match action {
-        "json" => inspect(&state, name).await.map(|j| j.into_response()),
+        "json" => inspect(&state, name, version)
+            .await
+            .map(|j| j.into_response()),
         "history" => history(&state, name).await.map(|j| j.into_response()),
         "get" => transfer::save_one(state, name.to_string()).await,
         _ => {
@@ -620,12 +634,31 @@ async fn post_image(
     }
 }
 
+/// The container-config fields dockerd showed in an image's `Config` before API 1.50.
+const LEGACY_CONFIG: [(&str, bool); 9] = [
+    ("Hostname", false),
+    ("Domainname", false),
+    ("AttachStdin", true),
+    ("AttachStdout", true),
+    ("AttachStderr", true),
+    ("Tty", true),
+    ("OpenStdin", true),
+    ("StdinOnce", true),
+    ("Image", false),
+];
+
 /// dockerd's image config as `docker image inspect` shows it.
-fn config_json(img: &ImageRecord) -> Value {
+fn config_json(img: &ImageRecord, legacy: bool) -> Value {
     let mut c = match serde_json::to_value(&img.config.config) {
         Ok(Value::Object(m)) => m,
         _ => Map::new(),
     };
+    if legacy {
+        for (k, boolean) in LEGACY_CONFIG {
+            c.entry(k.to_string())
+                .or_insert(if boolean { json!(false) } else { json!("") });
+        }
+    }
     for (k, default) in [
         ("User", json!("")),
         ("Env", Value::Null),
@@ -640,7 +673,7 @@ fn config_json(img: &ImageRecord) -> Value {
     Value::Object(c)
 }
 
-async fn inspect(state: &AppState, name: &str) -> ApiResult<Json<Value>> {
+async fn inspect(state: &AppState, name: &str, version: ApiVersion) -> ApiResult<Json<Value>> {
     let store = state.pl.images().clone();
     let n = name.to_string();
     let img = blocking(move || store.get(&n)).await?;
@@ -667,7 +700,7 @@ async fn inspect(state: &AppState, name: &str) -> ApiResult<Json<Value>> {
         "Created": if img.created.is_empty() { ZERO_TIME.to_string() } else { img.created.clone() },
         "DockerVersion": s("docker_version"),
         "Author": img.config.author.clone().unwrap_or_default(),
-        "Config": config_json(&img),
+        "Config": config_json(&img, version < ApiVersion(1, 50)),
         "Architecture": img.config.architecture,
         "Os": img.config.os,
         "Size": img.size,
@@ -683,6 +716,22 @@ async fn inspect(state: &AppState, name: &str) -> ApiResult<Json<Value>> {
     });
     if let Some(var) = &img.config.variant {
         v["Variant"] = json!(var);
+    }
+    if version < ApiVersion(1, 44) {
+        v["VirtualSize"] = json!(img.size);
+    }
+    if version < ApiVersion(1, 45) {
+        v["Container"] = json!("");
+        let mut cc = Map::new();
+        for (k, boolean) in LEGACY_CONFIG {
+            cc.insert(k.into(), if boolean { json!(false) } else { json!("") });
+        }
+        for k in ["Env", "Cmd", "Volumes", "Entrypoint", "OnBuild", "Labels"] {
+            cc.insert(k.into(), Value::Null);
+        }
+        cc.insert("User".into(), json!(""));
+        cc.insert("WorkingDir".into(), json!(""));
+        v["ContainerConfig"] = Value::Object(cc);
     }
     if let Some(osv) = extra.get("os.version") {
         v["OsVersion"] = osv.clone();
@@ -901,7 +950,16 @@ async fn delete_image(
             for r in &refs {
                 let s = store.clone();
                 let k = r.clone();
-                let (_, untagged) = blocking(move || s.untag(&k)).await?;
+                // Removing a repository's last tag took its digest references along.
+                let gone = |e: &ImageError| e.kind() == ErrorKind::NotFound;
+                let untagged = match tokio::task::spawn_blocking(move || s.untag(&k)).await {
+                    Ok(Ok((_, u))) => u,
+                    Ok(Err(e)) if gone(&e) => continue,
+                    Ok(Err(e)) => return Err(image_error(e)),
+                    Err(e) => {
+                        return Err(ApiError::internal(format!("image store task failed: {e}")))
+                    }
+                };
                 for u in untagged {
                     state.events.image("untag", &img.id, &img.id);
                     records.push(json!({ "Untagged": u }));
@@ -927,7 +985,12 @@ async fn delete_image(
         // (untagged, dangling) until they are removed.
         for r in left {
             let s = store.clone();
-            let (_, untagged) = blocking(move || s.untag(&r)).await?;
+            let untagged = match tokio::task::spawn_blocking(move || s.untag(&r)).await {
+                Ok(Ok((_, u))) => u,
+                Ok(Err(e)) if e.kind() == ErrorKind::NotFound => continue,
+                Ok(Err(e)) => return Err(image_error(e)),
+                Err(e) => return Err(ApiError::internal(format!("image store task failed: {e}"))),
+            };
             for u in untagged {
                 state.events.image("untag", &img.id, &img.id);
                 records.push(json!({ "Untagged": u }));
