@@ -17,6 +17,9 @@ TARGET=${CARGO_TARGET_DIR:-$REPO/target}
 KM=${KIC_MACHINE:-$TARGET/debug/kic-machine}
 export KIC_VCH_BIN=${KIC_VCH_BIN:-$(dirname "$KM")/kic-vch}
 export KIC_TETHER=${KIC_TETHER:-$REPO/target/x86_64-unknown-linux-gnu/release/kic-tether}
+BUSYBOX=$REPO/build/images/busybox
+[ -d "$BUSYBOX" ] || { echo "missing $BUSYBOX (make images)" >&2; exit 2; }
+command -v skopeo >/dev/null || { echo "missing skopeo (apt-get install skopeo)" >&2; exit 2; }
 for f in "$KM" "$KIC_VCH_BIN" "$KIC_TETHER"; do
     [ -x "$f" ] || { echo "missing $f (cargo build -p kic-machine -p kic-vch; make tether)" >&2; exit 2; }
 done
@@ -95,7 +98,7 @@ grep -q "broken endpoint: cannot start" <<<"$out" || fail "vch.log tail not show
 ! virsh -q pool-info kic-kt0 >/dev/null 2>&1 || fail "pool kic-kt0 left"
 
 step "create kt1 (--no-tls)"
-"$KM" create --name kt1 --image-store "$STORE" --endpoint 127.0.0.1:$P1 --no-tls | tee kt1.out
+"$KM" create --name kt1 --image-store "$STORE" --endpoint 127.0.0.1:$P1 --no-tls --volume-store "$WORK/vols1:default" | tee kt1.out
 [ "$(tail -n 1 kt1.out | sed 's/^INFO\[[0-9]*\] //')" = "Installer completed successfully" ] || fail "kt1 last line"
 [ "$(cat kt1/kt1.env)" = "DOCKER_HOST=tcp://127.0.0.1:$P1" ] || fail "kt1 env: $(cat kt1/kt1.env)"
 grep -q "DOCKER_HOST=tcp://127.0.0.1:$P1" kt1.out || fail "env line not in transcript"
@@ -174,6 +177,18 @@ done
 grep -q -- "--no-tls" <<<"$("$KM" inspect config kt1)" || fail "kt1 inspect config lacks --no-tls"
 "$KM" inspect kt2 --format json | json 'd["versions"]["bootstrap"]'
 
+step "a container VM in kt2"
+skopeo copy -q "oci:$BUSYBOX" "docker-archive:$WORK/busybox.tar:busybox:latest"
+d2() { env $(cat kt2/kt2.env) docker "$@"; }
+d2 load -i "$WORK/busybox.tar" >/dev/null
+d2 run -d --name c1 busybox sleep 100000 >/dev/null
+dom() { virsh -q list --name | grep '^kic-kt2-c1-' ; }
+domid() { virsh -q domid "$(dom)"; }
+DOMID=$(domid)
+[ -n "$DOMID" ] || fail "no domain for c1"
+c1_running() { [ "$(d2 inspect -f '{{.State.Running}}' c1)" = true ] && [ "$(domid)" = "$DOMID" ] || fail "c1 did not keep running ($1)"; }
+[ "$("$KM" ls --format json | json '[v for v in d if v["name"]=="kt2"][0]["running"]')" = 1 ] || fail "ls running count"
+
 step "kill -9 of kic-vch: the supervisor restarts it"
 old=$(cat "$KIC_STATE_ROOT/kt2/vch.pid")
 kill -9 "$old"
@@ -190,6 +205,7 @@ done
 echo "answering again after $(( ($(date +%s%N) - t0) / 1000000 )) ms"
 grep -q "kic-vch exited unexpectedly (pid $old" "$KIC_STATE_ROOT/kt2/supervisor.log" || fail "restart not logged"
 env $(cat kt2/kt2.env) docker version >/dev/null
+c1_running "kill -9 of kic-vch"
 
 step "the endpoint survives the shell that created it"
 [ "$(ps -o sid= -p "$(cat "$KIC_STATE_ROOT/kt2/supervisor.pid")" | tr -d ' ')" = "$(cat "$KIC_STATE_ROOT/kt2/supervisor.pid")" ] || fail "supervisor is not a session leader"
@@ -199,6 +215,10 @@ step "configure changes limits"
 tail -n 1 configure.out | grep -q "Completed successfully"
 [ "$(json 'd["limits"]' <"$KIC_STATE_ROOT/kt2/config.json")" = "{'memory_mib': 8192, 'cpus': None, 'containers': 7}" ] || fail "config limits: $(cat "$KIC_STATE_ROOT/kt2/config.json")"
 "$KM" inspect kt2 | grep -q "memory 8192 MiB, vCPUs unlimited, containers 7" || fail "inspect after configure"
+c1_running "configure"
+"$KM" configure kt2 --containers 1 >/dev/null
+out=$(d2 run -d --name c2 busybox true 2>&1) && fail "container limit not enforced"
+grep -q "limit of 1 container" <<<"$out" || fail "limit message: $out"
 env $(cat kt2/kt2.env) docker info >/dev/null
 out=$("$KM" configure kt2 --memory 100 2>&1) && fail "memory below a container accepted"
 grep -q "less than one container" <<<"$out" || fail "configure check: $out"
@@ -216,8 +236,10 @@ env $(cat kt2/kt2.env) docker version >/dev/null
 out=$(KIC_VCH_BIN=$WORK/broken-kic-vch "$KM" upgrade kt2 2>&1) && fail "upgrade to a broken endpoint succeeded"
 grep -q "rolling back" <<<"$out" || fail "no automatic rollback: $out"
 env $(cat kt2/kt2.env) docker version >/dev/null
+c1_running "upgrade"
 "$KM" upgrade kt2 --rollback | tee rollback.out
 tail -n 1 rollback.out | grep -q "Completed successfully"
+c1_running "rollback"
 env $(cat kt2/kt2.env) docker version >/dev/null
 
 step "debug"
@@ -237,13 +259,18 @@ out=$("$KM" create --name kt1 --image-store "$STORE" --no-tls 2>&1) && fail "dup
 grep -q 'already exists' <<<"$out" || fail "duplicate: $out"
 
 step "delete"
+out=$("$KM" delete kt2 2>&1) && fail "delete with a running container accepted"
+grep -q "running containers (c1)" <<<"$out" || fail "delete refusal: $out"
+c1_running "refused delete"
 "$KM" delete kt1 | tee delete1.out
 tail -n 1 delete1.out | grep -q "Completed successfully"
 [ ! -e "$KIC_STATE_ROOT/kt1" ] || fail "kt1 state left"
 [ ! -e "$STORE/kt1" ] || fail "kt1 datastore left"
 env $(cat kt2/kt2.env) docker version >/dev/null # the other VCH is untouched
-"$KM" delete --name kt2
-[ -d "$WORK/vols" ] || fail "volume store removed without --force"
+[ -d "$WORK/vols1" ] || fail "volume store removed without --force"
+"$KM" delete --name kt2 --force
+[ ! -e "$WORK/vols" ] || fail "volume store kic-machine created kept with --force"
+[ -z "$(virsh -q list --all --name | grep '^kic-kt2-')" ] || fail "container VMs of kt2 left"
 [ ! -e "$KIC_STATE_ROOT/kt2" ] || fail "kt2 state left"
 ! virsh -q pool-info kic-kt2 >/dev/null 2>&1 || fail "pool kic-kt2 left"
 [ "$("$KM" ls --format json | json 'len(d)')" = 0 ] || fail "ls after delete"
