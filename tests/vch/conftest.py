@@ -287,8 +287,24 @@ def base_env(tmp):
     return env
 
 
+def ensure_cgroups():
+    """`ip netns exec` gives a fresh /sys without cgroups, and dockerd needs them: mount the
+    host's cgroup hierarchies (as PID 1 sees them) in this mount namespace only."""
+    base = "/sys/fs/cgroup"
+    if os.path.isdir(base) and os.listdir(base):
+        return
+    for line in Path("/proc/1/mounts").read_text().splitlines():
+        dev, mnt, fstype, opts = line.split()[:4]
+        if not (mnt == base or mnt.startswith(base + "/")) or fstype not in ("tmpfs", "cgroup", "cgroup2"):
+            continue
+        os.makedirs(mnt, exist_ok=True)
+        opts = ",".join(o for o in opts.split(",") if o not in ("rw", "relatime", "seclabel"))
+        sh(["mount", "-t", fstype, *(["-o", opts] if opts else []), dev, mnt])
+
+
 class Dockerd:
     def __init__(self, tmp):
+        ensure_cgroups()
         self.tmp = tmp
         self.sock = f"{tmp}/d.sock"
         self.log = open(f"{tmp}/dockerd.log", "w")
