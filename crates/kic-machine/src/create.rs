@@ -15,6 +15,9 @@ use std::path::{Path, PathBuf};
 /// Undo steps, run in reverse when create fails half-way.
 #[derive(Default)]
 struct Undo {
+    /// Held from choosing the port until config.json is written, so that concurrent creates
+    /// cannot pick the same port.
+    lock: Option<std::fs::File>,
     dirs: Vec<PathBuf>,
     files: Vec<PathBuf>,
     pool: Option<(String, String)>,
@@ -226,6 +229,17 @@ pub fn run(root: &Path, a: &CreateArgs) -> Result<()> {
         checks::writable_dir(&path, &format!("volume store {label:?}"))?;
     }
 
+    std::fs::create_dir_all(root)
+        .with_context(|| format!("cannot create the state root {}", root.display()))?;
+    let lock = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(root.join(".create.lock"))
+        .with_context(|| format!("cannot open {}", root.join(".create.lock").display()))?;
+    // Blocks while another create is choosing its port.
+    if unsafe { libc::flock(std::os::unix::io::AsRawFd::as_raw_fd(&lock), libc::LOCK_EX) } != 0 {
+        bail!("cannot lock {}", root.join(".create.lock").display());
+    }
     let (ip, port) = match &a.endpoint {
         Some(e) => checks::parse_endpoint(e)?,
         None => ([0, 0, 0, 0].into(), None),
@@ -299,7 +313,10 @@ pub fn run(root: &Path, a: &CreateArgs) -> Result<()> {
         endpoint_arg: a.endpoint.clone(),
     };
 
-    let mut undo = Undo::default();
+    let mut undo = Undo {
+        lock: Some(lock),
+        ..Default::default()
+    };
     match install(
         root,
         a,
@@ -460,6 +477,7 @@ fn install(
     }
     v.save(&cfg)?;
     v.save_meta(&meta)?;
+    undo.lock = None;
 
     info!("Starting the VCH endpoint");
     let off = supervise::log_offset(v);
