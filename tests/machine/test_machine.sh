@@ -48,6 +48,10 @@ cleanup() {
             virsh -q pool-undefine "kic-$n" >/dev/null 2>&1
         }
     done
+    if [ -n "${POOL:-}" ] && virsh -q pool-info "$POOL" >/dev/null 2>&1; then
+        virsh -q pool-destroy "$POOL" >/dev/null 2>&1
+        virsh -q pool-undefine "$POOL" >/dev/null 2>&1
+    fi
     if [ $rc -ne 0 ]; then
         echo "--- FAILED (rc $rc); logs:" >&2
         for l in "$KIC_STATE_ROOT"/*/supervisor.log "$KIC_STATE_ROOT"/*/vch.log; do
@@ -156,6 +160,24 @@ grep -q -- "--tls-ca $WORK/userca.pem" <<<"$("$KM" inspect config kt3)" || fail 
 u2 | grep -q OK || fail "client of the new --tls-ca refused"
 if u1 >/dev/null 2>&1; then fail "client of the replaced CA still accepted"; fi
 "$KM" delete kt3 >/dev/null
+
+step "kt4: --no-tlsverify on an image store given as a libvirt pool"
+POOL=kicmtest-$$
+mkdir -p "$WORK/pooldir"
+virsh -q pool-define-as "$POOL" dir --target "$WORK/pooldir" >/dev/null
+virsh -q pool-start "$POOL" >/dev/null
+P4=$(free_port)
+"$KM" create --name kt4 --image-store "pool:$POOL" --endpoint 127.0.0.1:$P4 --no-tlsverify >kt4.out
+tail -n 1 kt4.out | grep -q "Installer completed successfully" || fail "kt4 create"
+[ "$(json 'd["datastore"]' <"$KIC_STATE_ROOT/kt4/config.json")" = "$WORK/pooldir/kt4" ] || fail "kt4 datastore"
+[ ! -e kt4/cert.pem ] && [ -s kt4/ca.pem ] || fail "kt4 certificates"
+env $(cat kt4/kt4.env) docker version >/dev/null # server verified with ca.pem, no client certificate
+curl -sf --max-time 10 --cacert kt4/ca.pem https://127.0.0.1:$P4/_ping | grep -q OK
+grep -q -- "--image-store pool:$POOL" <<<"$("$KM" inspect config kt4)" || fail "kt4 inspect config"
+grep -q -- "--no-tlsverify" <<<"$("$KM" inspect config kt4)" || fail "kt4 inspect config tls"
+"$KM" delete kt4 >/dev/null
+virsh -q pool-info "$POOL" >/dev/null || fail "delete removed a pool it did not create"
+virsh -q pool-destroy "$POOL" >/dev/null; virsh -q pool-undefine "$POOL" >/dev/null
 
 step "ls and inspect"
 "$KM" ls
