@@ -538,6 +538,175 @@ impl RegistryClient {
     }
 }
 
+/// Docker's wording when a push is refused.
+fn push_denied() -> ImageError {
+    ImageError::Unauthorized("denied: requested access to the resource is denied".into())
+}
+
+impl RegistryClient {
+    /// Sends a request built by `make` with the session's auth; on 401 answers the challenge
+    /// (whose scope names what the registry wants, e.g. `pull,push`) and sends it again.
+    async fn send_authed(
+        &self,
+        what: &str,
+        make: &(dyn Fn() -> reqwest::RequestBuilder + Send + Sync),
+    ) -> Result<Response> {
+        for attempt in 0..2 {
+            let mut req = make();
+            match &*self.auth.lock().await {
+                Auth::None => {}
+                Auth::Basic => {
+                    if let Some((u, p)) = &self.creds {
+                        req = req.basic_auth(u, Some(p));
+                    }
+                }
+                Auth::Bearer(t) => req = req.header(AUTHORIZATION, format!("Bearer {t}")),
+            }
+            let resp = req.send().await.map_err(|e| {
+                ImageError::registry(&self.registry, format!("{what}: {}", err_chain(&e)))
+            })?;
+            if resp.status() == StatusCode::UNAUTHORIZED && attempt == 0 {
+                self.authorize(&resp).await.map_err(|e| match e {
+                    ImageError::Unauthorized(_) => push_denied(),
+                    e => e,
+                })?;
+                continue;
+            }
+            if resp.status() == StatusCode::UNAUTHORIZED || resp.status() == StatusCode::FORBIDDEN {
+                return Err(push_denied());
+            }
+            return Ok(resp);
+        }
+        Err(push_denied())
+    }
+
+    async fn fail(&self, what: &str, resp: Response) -> ImageError {
+        let status = resp.status();
+        let body = resp.text().await.unwrap_or_default();
+        let detail = registry_error_text(&body).unwrap_or_else(|| body.trim().to_string());
+        ImageError::registry(&self.registry, format!("{what}: HTTP {status}: {detail}"))
+    }
+
+    /// Whether the repository already has a blob.
+    pub async fn blob_exists(&self, d: &Digest) -> Result<bool> {
+        let url = self.url("blobs", d.as_str());
+        let resp = self
+            .send_authed(&format!("HEAD {url}"), &|| self.http.head(&url))
+            .await?;
+        match resp.status() {
+            s if s.is_success() => Ok(true),
+            StatusCode::NOT_FOUND => Ok(false),
+            _ => Err(self.fail(&format!("HEAD {url}"), resp).await),
+        }
+    }
+
+    /// Uploads a blob from a local file in one request (POST for an upload URL, then PUT with
+    /// the digest), calling `progress(bytes sent)` as it goes.
+    pub async fn push_blob(
+        &self,
+        d: &Digest,
+        path: &std::path::Path,
+        size: u64,
+        progress: std::sync::Arc<dyn Fn(u64) + Send + Sync>,
+    ) -> Result<()> {
+        let start = format!("{}/v2/{}/blobs/uploads/", self.base, self.repository);
+        let resp = self
+            .send_authed(&format!("POST {start}"), &|| {
+                self.http.post(&start).header("content-length", "0")
+            })
+            .await?;
+        if resp.status() != StatusCode::ACCEPTED && !resp.status().is_success() {
+            return Err(self.fail(&format!("POST {start}"), resp).await);
+        }
+        let loc = resp
+            .headers()
+            .get(reqwest::header::LOCATION)
+            .and_then(|v| v.to_str().ok())
+            .ok_or_else(|| {
+                ImageError::registry(&self.registry, format!("POST {start}: no upload Location"))
+            })?
+            .to_string();
+        let mut url = if loc.starts_with("http://") || loc.starts_with("https://") {
+            loc
+        } else {
+            format!("{}{loc}", self.base)
+        };
+        url.push(if url.contains('?') { '&' } else { '?' });
+        url.push_str(&format!("digest={d}"));
+        let p = path.to_path_buf();
+        let make = || {
+            let p = p.clone();
+            let progress = progress.clone();
+            let stream = futures::stream::unfold(
+                (None::<tokio::fs::File>, 0u64, p, progress),
+                |(f, sent, p, progress)| async move {
+                    use tokio::io::AsyncReadExt;
+                    let mut f = match f {
+                        Some(f) => f,
+                        None => match tokio::fs::File::open(&p).await {
+                            Ok(f) => f,
+                            Err(e) => return Some((Err(e), (None, sent, p, progress))),
+                        },
+                    };
+                    let mut buf = vec![0u8; 512 * 1024];
+                    match f.read(&mut buf).await {
+                        Ok(0) => None,
+                        Ok(n) => {
+                            buf.truncate(n);
+                            let sent = sent + n as u64;
+                            progress(sent);
+                            Some((Ok(buf), (Some(f), sent, p, progress)))
+                        }
+                        Err(e) => Some((Err(e), (Some(f), sent, p, progress))),
+                    }
+                },
+            );
+            self.http
+                .put(&url)
+                .header(CONTENT_TYPE, "application/octet-stream")
+                .header("content-length", size.to_string())
+                .body(reqwest::Body::wrap_stream(stream))
+        };
+        let resp = self.send_authed(&format!("PUT blob {d}"), &make).await?;
+        if !resp.status().is_success() {
+            return Err(self.fail(&format!("PUT blob {d}"), resp).await);
+        }
+        Ok(())
+    }
+
+    /// Puts a manifest under `reference` (a tag); returns the digest the registry names.
+    pub async fn put_manifest(
+        &self,
+        reference: &str,
+        media_type: &str,
+        body: &[u8],
+    ) -> Result<Digest> {
+        let url = self.url("manifests", reference);
+        let body = body.to_vec();
+        let resp = self
+            .send_authed(&format!("PUT {url}"), &|| {
+                self.http
+                    .put(&url)
+                    .header(CONTENT_TYPE, media_type)
+                    .body(body.clone())
+            })
+            .await?;
+        if !resp.status().is_success() {
+            return Err(self.fail(&format!("PUT {url}"), resp).await);
+        }
+        let ours = Digest::of(&body);
+        if let Some(h) = resp
+            .headers()
+            .get("docker-content-digest")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| Digest::parse(v).ok())
+        {
+            ours.verify(&format!("manifest pushed to {}", self.familiar), &h)?;
+        }
+        Ok(ours)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

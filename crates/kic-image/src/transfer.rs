@@ -19,6 +19,7 @@ use crate::digest::{Digest, HashingReader};
 use crate::disk::decompressed;
 use crate::error::{ImageError, Result};
 use crate::reference::{familiar, Reference};
+use crate::registry::RegistryClient;
 use crate::spec::{self, Descriptor, ImageConfig, Index, Manifest, ManifestKind};
 use crate::store::{check_layer_media, ImageStore, Resolved};
 
@@ -224,6 +225,102 @@ impl ImageStore {
             manifest_bytes: mbytes,
             layer_paths,
         })
+    }
+
+    /// Pushes the image `reference` (a tag) names to its registry: layers the repository
+    /// lacks, the config, then the stored manifest under the tag (so its digest is the one the
+    /// image was pulled with). Records the digest reference and returns it with the manifest
+    /// size. Progress ids are the layers' short diff ids, as dockerd's.
+    pub async fn push(
+        &self,
+        reference: &str,
+        opts: &crate::PullOptions,
+        progress: &(dyn Fn(crate::PullProgress) + Send + Sync),
+    ) -> Result<(Digest, u64)> {
+        let r = Reference::parse(reference)?;
+        let tag = r.tag.clone().ok_or_else(|| {
+            arch_err(format!(
+                "push needs a tag, not a digest reference: {reference}"
+            ))
+        })?;
+        let store = self.clone();
+        let name = reference.to_string();
+        let p = tokio::task::spawn_blocking(move || store.parts(&name))
+            .await
+            .map_err(|e| arch_err(format!("image store task failed: {e}")))??;
+        let client = RegistryClient::connect(
+            &r,
+            &crate::registry::RegistryOptions {
+                insecure_registries: opts.insecure_registries.clone(),
+                credentials: opts.credentials.clone(),
+            },
+        )
+        .await?;
+        let diff_ids = p.config.rootfs.diff_ids.clone();
+        let short = |i: usize| -> String {
+            diff_ids
+                .get(i)
+                .map(|d| d.short().to_string())
+                .unwrap_or_else(|| p.manifest.layers[i].digest.short().to_string())
+        };
+        let say = |id: &str, status: &str, current: u64, total: Option<u64>| {
+            progress(crate::PullProgress {
+                id: id.to_string(),
+                status: status.into(),
+                current,
+                total,
+            })
+        };
+        for i in 0..p.manifest.layers.len() {
+            say(&short(i), "Preparing", 0, None);
+        }
+        for (i, l) in p.manifest.layers.iter().enumerate() {
+            let id = short(i);
+            if client.blob_exists(&l.digest).await? {
+                say(&id, "Layer already exists", 0, None);
+                continue;
+            }
+            let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<u64>();
+            let cb: std::sync::Arc<dyn Fn(u64) + Send + Sync> = std::sync::Arc::new(move |n| {
+                let _ = tx.send(n);
+            });
+            let total = l.size;
+            let upload = client.push_blob(&l.digest, &p.layer_paths[i], l.size, cb);
+            tokio::pin!(upload);
+            let res = loop {
+                tokio::select! {
+                    r = &mut upload => break r,
+                    Some(n) = rx.recv() => say(&id, "Pushing", n, Some(total)),
+                }
+            };
+            res?;
+            say(&id, "Pushed", 0, None);
+        }
+        if !client.blob_exists(&p.id).await? {
+            client
+                .push_blob(
+                    &p.id,
+                    &self.content.path(&p.id),
+                    p.config_bytes.len() as u64,
+                    std::sync::Arc::new(|_| {}),
+                )
+                .await?;
+        }
+        let media = p
+            .manifest
+            .media_type
+            .clone()
+            .unwrap_or_else(|| spec::MT_OCI_MANIFEST.to_string());
+        let digest = client.put_manifest(&tag, &media, &p.manifest_bytes).await?;
+        self.content
+            .put_bytes("manifest", &digest, &p.manifest_bytes)?;
+        let _l = self.lock()?;
+        let mut repos = self.repos()?;
+        repos
+            .refs
+            .insert(format!("{}@{}", r.full_repository(), digest), p.id.clone());
+        self.save_repos(&repos)?;
+        Ok((digest, p.manifest_bytes.len() as u64))
     }
 
     /// Writes a Docker image archive (also an OCI layout) of `images` to `out`. Each image is

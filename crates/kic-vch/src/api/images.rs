@@ -250,7 +250,7 @@ struct CreateQuery {
 
 enum PullEvent {
     Progress(PullProgress),
-    Done(Result<ImageRecord, ImageError>),
+    Done(Box<Result<ImageRecord, ImageError>>),
 }
 
 /// The reference a pull asks for: `fromImage` with `tag` (a tag or a digest).
@@ -325,7 +325,7 @@ async fn create(
                 let _ = ptx.send(PullEvent::Progress(p));
             };
             let res = store.pull(&reference, &opts, &cb).await;
-            let _ = tx.send(PullEvent::Done(res));
+            let _ = tx.send(PullEvent::Done(Box::new(res)));
         });
     }
     drop(tx);
@@ -334,9 +334,13 @@ async fn create(
         .recv()
         .await
         .ok_or_else(|| ApiError::internal("the pull ended without a result"))?;
-    if let PullEvent::Done(Err(e)) = first {
-        return Err(image_error(e));
-    }
+    let first = match first {
+        PullEvent::Done(res) => match *res {
+            Err(e) => return Err(image_error(e)),
+            ok => PullEvent::Done(Box::new(ok)),
+        },
+        p => p,
+    };
     let id_field = r
         .digest
         .as_ref()
@@ -376,7 +380,16 @@ async fn create(
                         tracing::debug!("pull client went away; the pull goes on");
                     }
                 }
-                PullEvent::Done(Ok(rec)) => {
+                PullEvent::Done(res) => {
+                    let rec = match *res {
+                        Ok(rec) => rec,
+                        Err(e) => {
+                            let _ = btx
+                                .send(progress::line(&progress::error(&e.to_string())))
+                                .await;
+                            break;
+                        }
+                    };
                     let up_to_date = before.as_deref() == Some(rec.id.as_str());
                     let _ = btx
                         .send(progress::line(&progress::status(
@@ -393,12 +406,6 @@ async fn create(
                         .send(progress::line(&progress::status(&msg, None)))
                         .await;
                     events.image("pull", &familiar, &familiar);
-                    break;
-                }
-                PullEvent::Done(Err(e)) => {
-                    let _ = btx
-                        .send(progress::line(&progress::error(&e.to_string())))
-                        .await;
                     break;
                 }
             }

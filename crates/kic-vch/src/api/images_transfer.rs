@@ -278,15 +278,118 @@ pub async fn load(
     Ok(res)
 }
 
-/// `POST /images/{name}/push`
+/// `POST /images/{name}/push`: the tag given (every tag of the repository without one),
+/// streamed as dockerd does.
 pub async fn push(
     state: AppState,
     name: String,
     tag: Option<String>,
     headers: HeaderMap,
 ) -> ApiResult<Response> {
-    let _ = (state, name, tag, headers);
-    Err(ApiError::unsupported("docker push"))
+    let base = Reference::parse(&name).map_err(image_error)?;
+    super::check_whitelist(&state, &base.domain)?;
+    let explicit = match &tag {
+        Some(t) => Some(format!("{name}:{t}")),
+        None if name.rsplit('/').next().is_some_and(|l| l.contains(':')) => Some(name.clone()),
+        None => None,
+    };
+    let store = state.pl.images().clone();
+    let targets: Vec<String> = match explicit {
+        Some(r) => {
+            let s = store.clone();
+            let rr = r.clone();
+            let found = tokio::task::spawn_blocking(move || s.get(&rr).is_ok())
+                .await
+                .unwrap_or(false);
+            if !found {
+                return Err(ApiError::not_found(format!(
+                    "An image does not exist locally with the tag: {}",
+                    base.familiar_repository()
+                )));
+            }
+            vec![r]
+        }
+        None => {
+            let s = store.clone();
+            let all = blocking(move || s.list()).await?;
+            let repo = base.full_repository();
+            let v: Vec<String> = all
+                .iter()
+                .flat_map(|i| i.repo_tags.iter())
+                .filter(|t| Reference::parse(t).is_ok_and(|r| r.full_repository() == repo))
+                .cloned()
+                .collect();
+            if v.is_empty() {
+                return Err(ApiError::not_found(format!(
+                    "An image does not exist locally with the tag: {}",
+                    base.familiar_repository()
+                )));
+            }
+            v
+        }
+    };
+    let opts = super::pull_options(&state, &headers);
+    let (btx, brx) = mpsc::channel::<Bytes>(64);
+    let events = state.events.clone();
+    let repo_line = progress::status(
+        &format!(
+            "The push refers to repository [{}]",
+            base.familiar_repository()
+        ),
+        None,
+    );
+    tokio::spawn(async move {
+        let _ = btx.send(progress::line(&repo_line)).await;
+        for target in targets {
+            let (ptx, mut prx) = mpsc::unbounded_channel::<kic_image::PullProgress>();
+            let cb = move |p: kic_image::PullProgress| {
+                let _ = ptx.send(p);
+            };
+            let job = store.push(&target, &opts, &cb);
+            tokio::pin!(job);
+            let res = loop {
+                tokio::select! {
+                    r = &mut job => break r,
+                    Some(p) = prx.recv() => {
+                        let l = progress::layer(&p.status, &p.id, p.current, p.total);
+                        let _ = btx.send(progress::line(&l)).await;
+                    }
+                }
+            };
+            while let Ok(p) = prx.try_recv() {
+                let l = progress::layer(&p.status, &p.id, p.current, p.total);
+                let _ = btx.send(progress::line(&l)).await;
+            }
+            match res {
+                Ok((digest, size)) => {
+                    let r = Reference::parse(&target).ok();
+                    let tag = r.as_ref().and_then(|r| r.tag.clone()).unwrap_or_default();
+                    let _ = btx
+                        .send(progress::line(&progress::status(
+                            &format!("{tag}: digest: {digest} size: {size}"),
+                            None,
+                        )))
+                        .await;
+                    let aux = serde_json::json!({
+                        "progressDetail": {},
+                        "aux": { "Tag": tag, "Digest": digest.to_string(), "Size": size },
+                    });
+                    let _ = btx.send(progress::line(&aux)).await;
+                    let familiar = r
+                        .map(|r| kic_image::reference::familiar(&r.to_string()))
+                        .unwrap_or(target.clone());
+                    events.image("push", &familiar, &familiar);
+                }
+                Err(e) => {
+                    let _ = btx
+                        .send(progress::line(&progress::error(&e.to_string())))
+                        .await;
+                    return;
+                }
+            }
+        }
+    });
+    Ok(super::json_stream(brx))
 }
 
 #[cfg(test)]
