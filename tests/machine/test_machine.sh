@@ -62,6 +62,7 @@ cleanup() {
     exit $rc
 }
 trap cleanup EXIT
+trap "exit 130" INT TERM # so that cleanup runs on Ctrl-C and kill too
 
 fail() { echo "FAIL: $*" >&2; exit 1; }
 step() { echo "=== $* ($(( $(date +%s) - START ))s)"; }

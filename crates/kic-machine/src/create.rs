@@ -288,8 +288,7 @@ pub fn run(root: &Path, a: &CreateArgs) -> Result<()> {
         created: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
         version: env!("CARGO_PKG_VERSION").to_string(),
     };
-    let mut cfg = build_config(a, &plan)?;
-    cfg.tether = v.tether_bin();
+    let cfg = build_config(a, &plan)?;
     let host = client_host(a.tls_cname.as_deref(), &listen);
     let dh = docker_host(&host, listen.port());
     let generated_client = tls == TlsMode::Mutual && a.tls_ca.is_empty();
