@@ -239,6 +239,8 @@ tail -n 1 configure.out | grep -q "Completed successfully"
 [ "$(json 'd["limits"]' <"$KIC_STATE_ROOT/kt2/config.json")" = "{'memory_mib': 8192, 'cpus': None, 'containers': 7}" ] || fail "config limits: $(cat "$KIC_STATE_ROOT/kt2/config.json")"
 "$KM" inspect kt2 | grep -q "memory 8192 MiB, vCPUs unlimited, containers 7" || fail "inspect after configure"
 c1_running "configure"
+"$KM" configure kt2 --volume-store "$WORK/vols2:fast" >/dev/null
+[ "$(json 'd["volume_stores"]["fast"]' <"$KIC_STATE_ROOT/kt2/config.json")" = "$WORK/vols2" ] || fail "volume store not added"
 "$KM" configure kt2 --containers 1 >/dev/null
 out=$(d2 run -d --name c2 busybox true 2>&1) && fail "container limit not enforced"
 grep -q "limit of 1 container" <<<"$out" || fail "limit message: $out"
@@ -274,7 +276,8 @@ ping_sock kt1 | grep -q OK
 step "stop and start"
 "$KM" stop kt1
 [ "$("$KM" ls --format json | json '[v for v in d if v["name"]=="kt1"][0]["status"]')" = stopped ] || fail "kt1 not stopped"
-"$KM" start kt1
+"$KM" start --all | tee start.out
+grep -q "VCH kt2: running already" start.out || fail "start --all restarted a running VCH"
 env $(cat kt1/kt1.env) docker version >/dev/null
 
 step "a second create with the same name is refused"

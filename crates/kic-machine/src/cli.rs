@@ -58,8 +58,8 @@ pub enum Cmd {
     Delete(DeleteArgs),
     /// Show where a VCH's logs are; change its log level.
     Debug(DebugArgs),
-    /// Start a stopped VCH's endpoint (and its supervisor).
-    Start(NameArg),
+    /// Start a stopped VCH's endpoint (and its supervisor); `--all` for every VCH (at boot).
+    Start(StartArgs),
     /// Stop a VCH's endpoint (containers keep running).
     Stop(NameArg),
     /// Show the version.
@@ -95,6 +95,17 @@ impl NameArg {
             .or(self.pos_name.as_deref())
             .unwrap_or_default()
     }
+}
+
+#[derive(Args, Debug)]
+pub struct StartArgs {
+    #[command(flatten)]
+    pub name: NameArgOpt,
+    /// Start every VCH under the state root that is not running.
+    #[arg(long, conflicts_with_all = ["flag_name", "pos_name"])]
+    pub all: bool,
+    #[arg(long, default_value = "5m")]
+    pub timeout: String,
 }
 
 #[derive(Args, Debug, Clone, Default, PartialEq)]

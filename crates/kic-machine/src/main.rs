@@ -39,10 +39,7 @@ fn main() {
         Cmd::Upgrade(a) => ("upgrade", manage::upgrade(&root, a)),
         Cmd::Delete(a) => ("delete", manage::delete(&root, a)),
         Cmd::Debug(a) => ("debug", manage::debug(&root, a)),
-        Cmd::Start(n) => ("start", {
-            layout::Vch::open(&root, n.name())
-                .and_then(|v| manage::start(&root, &v, std::time::Duration::from_secs(300)))
-        }),
+        Cmd::Start(a) => ("start", manage::start_cmd(&root, a)),
         Cmd::Stop(n) => ("stop", {
             layout::Vch::open(&root, n.name()).and_then(|v| {
                 if supervise::stop(&v)? {

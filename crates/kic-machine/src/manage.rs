@@ -288,6 +288,31 @@ pub fn start(root: &Path, v: &Vch, timeout: Duration) -> Result<()> {
     Ok(())
 }
 
+pub fn start_cmd(root: &Path, a: &crate::cli::StartArgs) -> Result<()> {
+    let timeout = parse_duration(&a.timeout)?;
+    if !a.all {
+        let v = Vch::open(root, a.name.name()?)?;
+        return start(root, &v, timeout);
+    }
+    let mut failed = Vec::new();
+    for n in layout::list(root) {
+        let v = Vch::new(root, &n);
+        if supervise::supervisor_pid(&v).is_some() {
+            info!("VCH {n}: running already");
+            continue;
+        }
+        info!("VCH {n}:");
+        if let Err(e) = start(root, &v, timeout) {
+            crate::error!("VCH {n}: {e:#}");
+            failed.push(n);
+        }
+    }
+    if !failed.is_empty() {
+        bail!("these VCHs did not start: {}", failed.join(", "));
+    }
+    Ok(())
+}
+
 pub fn configure(root: &Path, a: &ConfigureArgs) -> Result<()> {
     let name = a.name.name()?;
     let v = Vch::open(root, name)?;
