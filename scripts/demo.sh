@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# The embedded default: kic-registry holding the test images, and a container VM run from
-# an image pulled from it. Leaves the registry running and prints how to use what is there.
+# The embedded default: kic-registry holding the test images, and a VCH named `demo` made by
+# kic-machine; the docker CLI pulls from the registry and runs a container VM through the VCH.
+# Leaves both running and prints how to connect.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bin=target/release
@@ -28,16 +29,33 @@ for img in busybox debian; do
   skopeo copy --quiet --dest-tls-verify=false --dest-creds "admin:$pw" "oci:build/images/$img:latest" "docker://$reg/library/$img:latest"
 done
 
-export KIC_DATASTORE=$ds KIC_VCH=demo
+# The VCH: kic-machine creates it (certificates in $state/demo/), supervises its endpoint, and
+# hands out a DOCKER_HOST line; from then on it is the plain docker CLI.
+km=$PWD/$bin/kic-machine
 export KIC_TETHER=${KIC_TETHER:-$PWD/target/x86_64-unknown-linux-gnu/release/kic-tether}
+export KIC_VCH_BIN=$PWD/$bin/kic-vch
+if [ -f /var/lib/kic/vch/demo/config.json ]; then
+  echo "==> VCH demo exists; upgrading it to this build and starting it if needed"
+  "$km" upgrade demo >/dev/null || true
+  "$km" start demo >/dev/null 2>&1 || true
+else
+  echo "==> kic-machine create --name demo"
+  (cd "$state" && "$km" create --name demo --image-store "$ds" --insecure-registry "$reg")
+fi
+envline=$(cat "$state/demo/demo.env")
+export $envline
+echo "==> docker info (the VCH)"
+docker info --format '{{.Name}}: {{.Containers}} containers, {{.Images}} images, {{.OperatingSystem}}' 
 for img in busybox debian; do
-  echo "==> pulling $img into the datastore $ds"
-  "$bin/kicctl" pull "127.0.0.1:$port/library/$img:latest" >/dev/null
+  echo "==> docker pull $reg/library/$img"
+  docker pull "$reg/library/$img:latest"
 done
-"$bin/kicctl" info | sed 's/^/    /'
-echo "==> running a container VM: uname -a; cat /proc/cpuinfo | grep 'model name'"
+docker tag "$reg/library/busybox:latest" busybox:latest
+echo "==> docker run --rm busybox (a container VM)"
 echo
-"$bin/kicctl" run --rm "127.0.0.1:$port/library/busybox:latest" sh -c 'echo "Hello from container VM $(hostname)"; uname -a; grep -m1 "model name" /proc/cpuinfo'
+docker run --rm busybox sh -c 'echo "Hello from container VM $(hostname)"; uname -a; grep -m1 "model name" /proc/cpuinfo'
 echo
 echo "Registry:  http://$reg  admin password in $pwfile  (stop: kill \$(cat $state/registry/pid))"
-echo "Run more:  KIC_DATASTORE=$ds KIC_VCH=demo $bin/kicctl run --rm 127.0.0.1:$port/library/debian:latest cat /etc/os-release"
+echo "VCH demo:  export $envline"
+echo "           docker run --rm -it busybox sh"
+echo "           $km inspect demo    (ls, debug, configure, upgrade, stop, delete)"

@@ -32,6 +32,10 @@ echo "==> tests (inside network namespace $ns)"
 ip netns exec "$ns" cargo test --offline --workspace -- --include-ignored
 echo "==> test images through kic-registry with skopeo"
 ip netns exec "$ns" bash tests/registry/test_images_roundtrip.sh "$PWD/target/debug/kic-registry" "$PWD/build/images"
+echo "==> kic-machine black-box (VCH create/ls/inspect/configure/upgrade/delete, supervision)"
+ip netns exec "$ns" env KIC_MACHINE="$PWD/target/debug/kic-machine" bash tests/machine/test_machine.sh
+echo "==> docker CLI, docker-compose and Python SDK against a VCH (tests/vch)"
+ip netns exec "$ns" env KIC_VCH_TEST_IN_NS=1 KIC_MACHINE="$PWD/target/debug/kic-machine" tests/vch/run.sh
 # The registry's Python client test installs harborapi from PyPI into a venv, so it runs
 # outside the namespace; it talks to a registry it starts on loopback.
 echo "==> harborapi client tests"

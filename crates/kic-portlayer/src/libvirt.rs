@@ -150,10 +150,15 @@ impl Hypervisor {
     pub async fn info(&self, name: &str) -> Result<(u64, u64)> {
         let (c, n) = (self.conn.clone(), name.to_string());
         blocking(move || {
-            let i = Self::lookup(&c, &n)?
-                .get_info()
-                .map_err(|e| lv("domain info", e))?;
-            Ok((i.memory, i.cpu_time))
+            let d = Self::lookup(&c, &n)?;
+            let i = d.get_info().map_err(|e| lv("domain info", e))?;
+            // The QEMU process's resident set (tag 7, VIR_DOMAIN_MEMORY_STAT_RSS) is what the
+            // VM really uses; the domain's allocation is the fallback.
+            let rss = d
+                .memory_stats(0)
+                .ok()
+                .and_then(|v| v.iter().find(|m| m.tag == 7).map(|m| m.val));
+            Ok((rss.unwrap_or(i.memory), i.cpu_time))
         })
         .await
     }
