@@ -384,6 +384,18 @@ impl ImageStore {
     /// [`ImageStore::remove`] with Docker's `force`: removing by id an image tagged in several
     /// repositories needs it.
     pub fn remove_image(&self, name_or_id: &str, force: bool) -> Result<Vec<String>> {
+        self.remove_image_with(name_or_id, force, false)
+    }
+
+    /// [`ImageStore::remove_image`]; with `keep_disk` the image disk stays in place (containers
+    /// made from the image still boot from it) while the image itself is gone. Such disks are
+    /// listed by [`ImageStore::orphan_disks`] for their owner to delete later.
+    pub fn remove_image_with(
+        &self,
+        name_or_id: &str,
+        force: bool,
+        keep_disk: bool,
+    ) -> Result<Vec<String>> {
         let _l = self.lock()?;
         let mut repos = self.repos()?;
         let id = self.resolve(name_or_id, &repos)?;
@@ -441,6 +453,7 @@ impl ImageStore {
         // Nothing refers to it any more: delete disk, metadata and blobs no other image needs.
         let disk = self.layout.disk(&id);
         match fs::remove_file(&disk) {
+            _ if keep_disk => {}
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
                 return Err(ImageError::io("remove image disk", disk, e))
             }
@@ -684,7 +697,18 @@ impl ImageStore {
             .map_err(|e| ImageError::Invalid(format!("disk builder panicked: {e}")))??;
         let _l = self.lock()?;
         let old = self.meta(&id)?;
-        let size = built.or(old.as_ref().map(|m| m.size)).unwrap_or(0);
+        let size = match built.or(old.as_ref().map(|m| m.size)) {
+            Some(s) => s,
+            // The disk outlived an earlier removal (kept for containers): count the layers.
+            None => {
+                let mut total = 0;
+                for l in &layers {
+                    let f = self.content.open(&l.blob)?;
+                    total += crate::transfer::layer_content_size(std::io::BufReader::new(f))?;
+                }
+                total
+            }
+        };
         let mut blobs: BTreeSet<Digest> = res.docs.into_iter().collect();
         blobs.extend(layers.iter().map(|l| l.blob.clone()));
         if let Some(o) = &old {

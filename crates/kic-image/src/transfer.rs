@@ -144,6 +144,57 @@ impl ImageStore {
         Ok((id.to_string(), out))
     }
 
+    /// Image disks whose image is gone (kept by [`ImageStore::remove_image_with`]) and that
+    /// are older than `min_age` (a disk being built lands before its metadata).
+    pub fn orphan_disks(&self, min_age: std::time::Duration) -> Result<Vec<PathBuf>> {
+        let dir = self.layout.disks_dir();
+        let mut out = Vec::new();
+        for e in fs::read_dir(&dir).map_err(|e| ImageError::io("list", &dir, e))? {
+            let e = e.map_err(|e| ImageError::io("list", &dir, e))?;
+            let name = e.file_name().to_string_lossy().into_owned();
+            let Some(hex) = name.strip_suffix(".raw") else {
+                continue;
+            };
+            let Ok(id) = Digest::parse(&format!("sha256:{hex}")) else {
+                continue;
+            };
+            let old = e
+                .metadata()
+                .and_then(|m| m.modified())
+                .ok()
+                .and_then(|t| t.elapsed().ok())
+                .is_some_and(|age| age >= min_age);
+            if old && self.meta(&id)?.is_none() {
+                out.push(e.path());
+            }
+        }
+        Ok(out)
+    }
+
+    /// Deletes an orphan image disk (see [`ImageStore::orphan_disks`]); refuses disks of images
+    /// that exist.
+    pub fn remove_orphan_disk(&self, path: &Path) -> Result<()> {
+        let _l = self.lock()?;
+        let hex = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .and_then(|n| n.strip_suffix(".raw"))
+            .ok_or_else(|| arch_err(format!("{} is not an image disk", path.display())))?;
+        let id = Digest::parse(&format!("sha256:{hex}"))?;
+        if path != self.layout.disk(&id) || self.meta(&id)?.is_some() {
+            return Err(arch_err(format!(
+                "{} belongs to an image of this store",
+                path.display()
+            )));
+        }
+        match fs::remove_file(path) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => {
+                Err(ImageError::io("remove image disk", path, e))
+            }
+            _ => Ok(()),
+        }
+    }
+
     /// The stored references (full keys) of an image.
     pub fn references_of(&self, id: &str) -> Result<Vec<String>> {
         let repos = self.repos()?;

@@ -482,6 +482,7 @@ async fn list(
     let old = version.is_some_and(|v| v.0 < ApiVersion(1, 44));
     let _ = (&q.all, &q.manifests, &q.digests);
     let f = parse_filters(q.filters.as_deref()).map_err(ApiError::bad_request)?;
+    collect_orphan_disks(&state).await;
     let store = state.pl.images().clone();
     let images = blocking(move || store.list()).await?;
     let created_of = |name: &str| -> Result<i64, String> {
@@ -986,28 +987,12 @@ async fn delete_image(
         }
         return Err(e);
     }
-    if !users.is_empty() {
-        // Forced, with only stopped containers using it. dockerd would delete the image and
-        // keep its layers for them; here the image disk backs their disks, so the image stays
-        // (untagged, dangling) until they are removed.
-        for r in left {
-            let s = store.clone();
-            let untagged = match tokio::task::spawn_blocking(move || s.untag(&r)).await {
-                Ok(Ok((_, u))) => u,
-                Ok(Err(e)) if e.kind() == ErrorKind::NotFound => continue,
-                Ok(Err(e)) => return Err(image_error(e)),
-                Err(e) => return Err(ApiError::internal(format!("image store task failed: {e}"))),
-            };
-            for u in untagged {
-                state.events.image("untag", &img.id, &img.id);
-                records.push(json!({ "Untagged": u }));
-            }
-        }
-        return Ok(Json(Value::Array(records)));
-    }
+    // Stopped containers (force) keep the image id, as with dockerd, and their disks stay
+    // backed by the image disk: it is kept until the last of them is removed.
     let s = store.clone();
     let id = img.id.clone();
-    let lines = blocking(move || s.remove_image(&id, true)).await?;
+    let keep_disk = !users.is_empty();
+    let lines = blocking(move || s.remove_image_with(&id, true, keep_disk)).await?;
     for l in lines {
         if let Some(u) = l.strip_prefix("Untagged: ") {
             state.events.image("untag", &img.id, &img.id);
@@ -1017,7 +1002,38 @@ async fn delete_image(
             records.push(json!({ "Deleted": d }));
         }
     }
+    collect_orphan_disks(&state).await;
     Ok(Json(Value::Array(records)))
+}
+
+/// Deletes image disks kept for containers (an image removed with `rmi -f` while stopped
+/// containers used it) once no container of this VCH uses them. Cheap (one directory listing);
+/// run after image removals, on listings, and worth calling after a container is removed.
+pub async fn collect_orphan_disks(state: &AppState) {
+    let in_use: BTreeSet<std::path::PathBuf> = state
+        .pl
+        .list()
+        .into_iter()
+        .map(|c| c.config.image_disk)
+        .collect();
+    let store = state.pl.images().clone();
+    let res = blocking(move || {
+        // A disk being built lands a moment before its image's metadata: leave young ones.
+        for d in store.orphan_disks(std::time::Duration::from_secs(60))? {
+            if !in_use.contains(&d) {
+                tracing::info!(
+                    "removing image disk {} (its image is gone, no container uses it)",
+                    d.display()
+                );
+                store.remove_orphan_disk(&d)?;
+            }
+        }
+        Ok(())
+    })
+    .await;
+    if let Err(e) = res {
+        tracing::warn!("collecting unused image disks: {}", e.message);
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1069,6 +1085,7 @@ async fn prune(
             }
         }
     }
+    collect_orphan_disks(&state).await;
     Ok(Json(json!({
         "ImagesDeleted": if deleted.is_empty() { Value::Null } else { Value::Array(deleted) },
         "SpaceReclaimed": reclaimed,
@@ -1106,6 +1123,7 @@ async fn auth(State(state): State<AppState>, Json(body): Json<Value>) -> ApiResu
 // GET /system/df
 
 async fn system_df(State(state): State<AppState>) -> ApiResult<Json<Value>> {
+    collect_orphan_disks(&state).await;
     let store = state.pl.images().clone();
     let images = blocking(move || store.list()).await?;
     let (per_image, layers) = layer_table(&state, &images).await?;
