@@ -164,6 +164,17 @@ class Docker:
         self.target = target
         self.registry = registry  # "127.0.0.1:PORT"
         self.tmp = tmp
+        self.api = None  # the server's API version, (major, minor)
+
+    @property
+    def modern(self):
+        """Docker 25+ wording and exit codes (KIC speaks API 1.51, Docker 28); the private
+        dockerd here is Debian's 20.10 (API 1.41), whose messages differ in places."""
+        return self.api >= (1, 44)
+
+    def learn_version(self):
+        v = self.out("version", "--format", "{{.Server.APIVersion}}")
+        self.api = tuple(int(x) for x in v.split("."))
 
     def __call__(self, *args, timeout=60, input=None):
         try:
@@ -280,7 +291,10 @@ class Registry:
 
 
 def base_env(tmp):
-    env = {k: v for k, v in os.environ.items() if not k.startswith("DOCKER_")}
+    # REQUESTS_CA_BUNDLE / CURL_CA_BUNDLE make python-requests replace docker-py's own CA
+    # (DOCKER_CERT_PATH/ca.pem) with the system bundle, so compose and the SDK would fail TLS.
+    drop = ("REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DOCKER_") and k not in drop}
     cfg = Path(tmp) / "docker-config"
     cfg.mkdir(exist_ok=True)
     env.update(DOCKER_CONFIG=str(cfg), DOCKER_CLI_HINTS="false", COMPOSE_INTERACTIVE_NO_CLI="1")
@@ -360,6 +374,9 @@ class Vch:
 
     def __init__(self, tmp, registry, extra=(), name=None):
         self.machine = kic_binary("kic-machine")
+        tether = REPO / "target" / "x86_64-unknown-linux-gnu" / "release" / "kic-tether"
+        if "KIC_TETHER" not in os.environ and tether.exists():
+            os.environ["KIC_TETHER"] = str(tether)
         self.name = name or f"kictest-{secrets.token_hex(3)}"
         self.root = Path(tmp) / "state"
         self.certs = Path(tmp) / f"certs-{self.name}"
@@ -406,6 +423,7 @@ def _pull_as(d, repo, local):
 def tmpdir_session():
     # Short: dockerd's and the VCH's unix sockets live under it.
     tmp = tempfile.mkdtemp(prefix="kvt-", dir="/tmp")
+    os.chmod(tmp, 0o711)  # QEMU runs as its own user and must reach the image store below
     yield tmp
     shutil.rmtree(tmp, ignore_errors=True)
 
@@ -440,6 +458,7 @@ def docker(tmpdir_session, registry, layouts):
         d = make_docker(dd.env, "dockerd", registry.addr, tmpdir_session)
         try:
             wait_until("the private dockerd to answer", lambda: d("version").rc == 0, 60)
+            d.learn_version()
             for img in layouts:
                 arch = f"{tmpdir_session}/{img}.tar"
                 sh(["skopeo", "copy", f"oci:{layouts[img]}", f"docker-archive:{arch}:{img}:latest"], timeout=300)
@@ -455,6 +474,7 @@ def docker(tmpdir_session, registry, layouts):
         d.vch = vch
         try:
             wait_until("the VCH endpoint to answer", lambda: d("version").rc == 0, 60)
+            d.learn_version()
             parallel(*(lambda img=img: _pull_as(d, f"library/{img}", f"{img}:latest") for img in layouts))
             yield d
         finally:
@@ -471,7 +491,11 @@ def vch_factory(tmpdir_session, registry):
     def make(extra=()):
         v = Vch(tmpdir_session, registry.addr, extra)
         made.append(v)
-        return v, make_docker(v.env, "kic", registry.addr, tmpdir_session)
+        d = make_docker(v.env, "kic", registry.addr, tmpdir_session)
+        wait_until(f"VCH {v.name} to answer", lambda: d("version").rc == 0, 60)
+        d.learn_version()
+        d.vch = v
+        return v, d
 
     yield make
     for v in made:

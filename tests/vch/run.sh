@@ -25,7 +25,10 @@ ip link set lo up 2>/dev/null || true
 py=/usr/bin/python3
 start=$(date +%s)
 set +e
-"$py" -m pytest -q "$here" "$@"
+# Arguments that name tests replace the default (the whole suite); options are added to it.
+paths=("$here")
+for a in "$@"; do case "$a" in -*) ;; *) paths=(); break ;; esac; done
+"$py" -m pytest -q "${paths[@]}" "$@"
 rc=$?
 echo "tests/vch (${KIC_TEST_TARGET:-kic}): $(( $(date +%s) - start ))s"
 exit $rc

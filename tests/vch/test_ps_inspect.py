@@ -103,7 +103,8 @@ def test_inspect_fields(docker, fleet):
 
     ex = docker.inspect(names["exited"])
     assert ex["State"]["Status"] == "exited" and ex["State"]["ExitCode"] == 3 and ex["State"]["Running"] is False
-    assert ex["State"]["FinishedAt"] >= ex["State"]["StartedAt"]
+    # (dockerd can stamp FinishedAt a moment before StartedAt for an instant exit: no order check.)
+    assert not ex["State"]["FinishedAt"].startswith("0001-"), ex["State"]
     cr = docker.inspect(names["created"])
     assert cr["State"]["Status"] == "created"
     assert cr["State"]["StartedAt"].startswith("0001-01-01"), cr["State"]
@@ -125,7 +126,7 @@ def test_top_stats_port(docker, fleet):
     assert "PID" in top[0].split() and "CMD" in top[0].split(), top
     assert any(line.endswith("sleep 900") for line in top[1:]), top
     r = docker("top", names["exited"])
-    assert r.rc == 1 and f"Container {ids['exited']} is not running" in r.err, r
+    assert r.rc == 1 and f"container {ids['exited']} is not running" in r.err.lower(), r
 
     stats = docker.out("stats", "--no-stream", "--format", "{{.Name}}|{{.ID}}|{{.MemUsage}}|{{.CPUPerc}}",
                        names["running"], timeout=60)
