@@ -452,12 +452,13 @@ impl ImageStore {
         }
         // Nothing refers to it any more: delete disk, metadata and blobs no other image needs.
         let disk = self.layout.disk(&id);
-        match fs::remove_file(&disk) {
-            _ if keep_disk => {}
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-                return Err(ImageError::io("remove image disk", disk, e))
+        if !keep_disk {
+            match fs::remove_file(&disk) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                    return Err(ImageError::io("remove image disk", disk, e))
+                }
+                _ => {}
             }
-            _ => {}
         }
         let mp = self.layout.meta(&id);
         let _ = fs::remove_file(&mp);
