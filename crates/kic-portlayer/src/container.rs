@@ -40,6 +40,22 @@ pub struct ContainerConfig {
     /// Owned by the API personality (the Docker create request, host config...), kept verbatim.
     #[serde(default)]
     pub extra: serde_json::Value,
+    /// Volumes attached as extra disks, in disk order (`vdb`, `vdc`, ...).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub mounts: Vec<Mount>,
+}
+
+/// A volume attached to a container.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Mount {
+    /// The volume's name.
+    pub volume: String,
+    /// The volume's disk (`<store>/volumes/<name>/disk.raw`).
+    pub disk: PathBuf,
+    /// Absolute path inside the container.
+    pub target: String,
+    pub read_only: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

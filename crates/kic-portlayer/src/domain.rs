@@ -22,6 +22,38 @@ pub struct DomainSpec<'a> {
     pub console: &'a Path,
     /// JSON of the container's configuration.
     pub metadata: &'a str,
+    /// Volume disks (raw), attached as `vdb`, `vdc`, ... in this order.
+    pub volumes: &'a [VolumeDisk<'a>],
+}
+
+/// One volume's disk in the domain.
+pub struct VolumeDisk<'a> {
+    pub path: &'a Path,
+    /// What the guest sees in `/sys/block/vd*/serial`.
+    pub serial: &'a str,
+    pub read_only: bool,
+}
+
+/// Most volumes one container can have (`vdb` to `vdz`).
+pub const MAX_VOLUMES: usize = 25;
+
+/// The guest device name of the `i`-th volume disk (0 → `vdb`).
+pub fn volume_dev(i: usize) -> String {
+    format!("vd{}", (b'b' + i as u8) as char)
+}
+
+fn volume_disks(v: &[VolumeDisk]) -> String {
+    let mut o = String::new();
+    for (i, d) in v.iter().enumerate() {
+        o.push_str(&format!(
+            "    <disk type='file' device='disk'>\n      <driver name='qemu' type='raw' discard='unmap'/>\n      <source file='{}'/>\n      <target dev='{}' bus='virtio'/>\n      <serial>{}</serial>\n{}    </disk>\n",
+            escape(&d.path.to_string_lossy()),
+            volume_dev(i),
+            escape(d.serial),
+            if d.read_only { "      <readonly/>\n" } else { "" },
+        ));
+    }
+    o
 }
 
 pub fn escape(s: &str) -> String {
@@ -122,7 +154,7 @@ pub fn domain_xml(s: &DomainSpec) -> String {
       <source file='{disk}'/>
       <target dev='vda' bus='virtio'/>
     </disk>
-    <channel type='unix'>
+{volumes}    <channel type='unix'>
       <source mode='bind' path='{socket}'/>
       <target type='virtio' name='{channel}'/>
     </channel>
@@ -150,6 +182,7 @@ pub fn domain_xml(s: &DomainSpec) -> String {
         socket = p(s.socket),
         console = p(s.console),
         channel = kic_proto::CHANNEL_NAME,
+        volumes = volume_disks(s.volumes),
     )
 }
 
@@ -184,8 +217,22 @@ mod tests {
             socket: Path::new("/run/kic/x.sock"),
             console: Path::new("/ds/containers/x/console.log"),
             metadata: "{}",
+            volumes: &[
+                VolumeDisk {
+                    path: Path::new("/vs/volumes/a/disk.raw"),
+                    serial: "kicvol0",
+                    read_only: false,
+                },
+                VolumeDisk {
+                    path: Path::new("/vs/volumes/b/disk.raw"),
+                    serial: "kicvol1",
+                    read_only: true,
+                },
+            ],
         });
         assert!(x.starts_with("<domain type='qemu'>"));
+        assert!(x.contains("<source file='/vs/volumes/a/disk.raw'/>\n      <target dev='vdb' bus='virtio'/>\n      <serial>kicvol0</serial>\n    </disk>"));
+        assert!(x.contains("<target dev='vdc' bus='virtio'/>\n      <serial>kicvol1</serial>\n      <readonly/>\n    </disk>"));
         assert!(x.contains("<target type='virtio' name='org.kic.tether.0'/>"));
         assert!(!x.contains("host-passthrough"));
         assert!(x.contains("name='rdrand'"));

@@ -25,9 +25,12 @@ pub mod libvirt;
 pub mod logfile;
 pub mod runtime;
 pub mod tether;
+pub mod volumes;
 
-pub use container::{ContainerConfig, ContainerState, Status};
+pub use container::{ContainerConfig, ContainerState, Mount, Status};
 pub use error::{Error, Kind, Result};
 pub use runtime::{
-    parse_signal, Config, ContainerView, CreateRequest, ExecProcess, PortLayer, StdinWriter,
+    parse_signal, Config, ContainerView, CreateRequest, ExecProcess, MountRequest, PortLayer,
+    StdinWriter,
 };
+pub use volumes::{Volume, VolumeCreate, VolumeMeta, VolumeStores};

@@ -3,14 +3,15 @@
 //! datastore when the host process starts.
 
 use crate::container::{
-    now_rfc3339, valid_name, ContainerConfig, ContainerState, Status, CONFIG_VERSION,
+    now_rfc3339, valid_name, ContainerConfig, ContainerState, Mount, Status, CONFIG_VERSION,
 };
-use crate::domain::{domain_xml, DomainSpec};
+use crate::domain::{domain_xml, DomainSpec, VolumeDisk, MAX_VOLUMES};
 use crate::error::{Error, Kind, Result};
 use crate::layout::{ContainerPaths, Layout, SOCKET_DIR};
 use crate::libvirt::Hypervisor;
 use crate::logfile::{LogReader, LogRecord, LogWriter};
 use crate::tether::Session;
+use crate::volumes::{Volume, VolumeCreate, VolumeStores};
 use futures::FutureExt;
 use kic_proto::{
     frame, ContainerSpec, Event, ProcessSpec, Request, Response, MAIN_ID, STDERR, STDOUT,
@@ -40,6 +41,8 @@ pub struct Config {
     /// Appended to the guest kernel command line (`kic.debug` prints the tether's boot steps
     /// with their uptime to the console log).
     pub extra_kernel_args: String,
+    /// Volume stores by label (`default` is the default store).
+    pub volume_stores: BTreeMap<String, PathBuf>,
 }
 
 impl Config {
@@ -56,6 +59,7 @@ impl Config {
                 .map(|n| n.get().min(2) as u32)
                 .unwrap_or(1),
             extra_kernel_args: String::new(),
+            volume_stores: BTreeMap::new(),
         }
     }
 }
@@ -79,6 +83,19 @@ pub struct CreateRequest {
     pub stop_signal: Option<String>,
     pub stop_timeout: Option<u64>,
     pub extra: serde_json::Value,
+    /// Volumes to attach; each must exist (see [`PortLayer::volume_create`]).
+    pub mounts: Vec<MountRequest>,
+}
+
+/// A volume to mount into a new container.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct MountRequest {
+    pub volume: String,
+    /// Absolute path inside the container.
+    pub target: String,
+    pub read_only: bool,
+    /// Docker's `volume-nocopy`: do not copy the image's content into an empty volume.
+    pub no_copy: bool,
 }
 
 /// A container as callers see it.
@@ -110,6 +127,10 @@ struct Inner {
     boot: kic_bootstrap::BootImage,
     images: kic_image::ImageStore,
     containers: Mutex<HashMap<String, Arc<Ctr>>>,
+    volumes: VolumeStores,
+    /// Held while volumes are created or removed, containers referencing them are created, and
+    /// while a container's volumes are checked at start.
+    volume_lock: tokio::sync::Mutex<()>,
 }
 
 /// The port layer. Cheap to clone.
@@ -224,6 +245,50 @@ fn try_lock(path: &Path) -> Option<File> {
     (r == 0).then_some(f)
 }
 
+/// The serial number of the `i`-th volume disk, as the tether looks for it.
+fn volume_serial(i: usize) -> String {
+    format!("kicvol{i}")
+}
+
+/// Docker's checks of mount destinations.
+fn check_mount_targets(mounts: &[MountRequest]) -> Result<()> {
+    if mounts.len() > MAX_VOLUMES {
+        return Err(Error::invalid(format!(
+            "a KIC container can have at most {MAX_VOLUMES} volumes ({} asked)",
+            mounts.len()
+        )));
+    }
+    let mut seen = std::collections::HashSet::new();
+    for m in mounts {
+        if !m.target.starts_with('/') {
+            return Err(Error::invalid(format!(
+                "invalid mount config: mount path must be absolute: {}",
+                m.target
+            )));
+        }
+        let norm = Path::new(&m.target)
+            .components()
+            .collect::<PathBuf>()
+            .to_string_lossy()
+            .into_owned();
+        if norm == "/" {
+            return Err(Error::invalid(
+                "invalid specification: destination can't be '/'",
+            ));
+        }
+        if m.target.split('/').any(|c| c == "..") {
+            return Err(Error::invalid(format!(
+                "invalid mount config: mount path must not contain '..': {}",
+                m.target
+            )));
+        }
+        if !seen.insert(norm.clone()) {
+            return Err(Error::invalid(format!("Duplicate mount point: {norm}")));
+        }
+    }
+    Ok(())
+}
+
 fn io_err(what: &str) -> impl Fn(io::Error) -> Error + '_ {
     move |e| Error::io(what, e)
 }
@@ -261,8 +326,11 @@ impl PortLayer {
             .map_err(|e| Error::unavailable(format!("bootstrap image: {e}")))?;
         let hv = Hypervisor::connect(&cfg.libvirt_uri, &boot).await?;
         let images = kic_image::ImageStore::open(layout.images())?;
+        let volumes = VolumeStores::new(cfg.volume_stores.clone());
         let pl = PortLayer {
             inner: Arc::new(Inner {
+                volumes,
+                volume_lock: tokio::sync::Mutex::new(()),
                 cfg,
                 layout,
                 hv,
@@ -379,6 +447,90 @@ impl PortLayer {
         Ok(c.view())
     }
 
+    /// The VCH's volume stores.
+    pub fn volume_stores(&self) -> &VolumeStores {
+        &self.inner.volumes
+    }
+
+    /// Create a volume (a formatted disk on its store). A taken name is a conflict.
+    pub async fn volume_create(&self, req: VolumeCreate) -> Result<Volume> {
+        self.inner.volumes.check(&req)?;
+        let _g = self.inner.volume_lock.lock().await;
+        if self.inner.volumes.get(&req.name).is_ok() {
+            return Err(Error::conflict(format!(
+                "create {}: volume already exists",
+                req.name
+            )));
+        }
+        let pl = self.clone();
+        tokio::task::spawn_blocking(move || pl.inner.volumes.create(&req))
+            .await
+            .map_err(|e| Error::internal(e.to_string()))?
+    }
+
+    pub fn volume_list(&self) -> Vec<Volume> {
+        self.inner.volumes.list()
+    }
+
+    pub fn volume_get(&self, name: &str) -> Result<Volume> {
+        self.inner.volumes.get(name)
+    }
+
+    /// The containers (any state) that have the volume attached.
+    pub fn volume_users(&self, name: &str) -> Vec<ContainerView> {
+        self.list()
+            .into_iter()
+            .filter(|c| c.config.mounts.iter().any(|m| m.volume == name))
+            .collect()
+    }
+
+    /// Remove a volume no container uses. With `force`, a missing volume is not an error.
+    pub async fn volume_remove(&self, name: &str, force: bool) -> Result<Option<Volume>> {
+        let _g = self.inner.volume_lock.lock().await;
+        let v = match self.inner.volumes.get(name) {
+            Ok(v) => v,
+            Err(_) if force => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        let users: Vec<String> = self
+            .volume_users(name)
+            .into_iter()
+            .map(|c| c.config.id)
+            .collect();
+        if !users.is_empty() {
+            return Err(Error::conflict(format!(
+                "remove {name}: volume is in use - [{}]",
+                users.join(", ")
+            )));
+        }
+        self.inner.volumes.remove(&v)?;
+        Ok(Some(v))
+    }
+
+    /// Refuse a start that would give a volume to two running containers unless both mount it
+    /// read-only (each VM has its own filesystem driver: two writers would corrupt it).
+    fn check_volumes_free(&self, config: &ContainerConfig) -> Result<()> {
+        if config.mounts.is_empty() {
+            return Ok(());
+        }
+        for other in self.list() {
+            if other.config.id == config.id || !other.state.running() {
+                continue;
+            }
+            for m in &config.mounts {
+                if let Some(o) = other.config.mounts.iter().find(|o| o.volume == m.volume) {
+                    if !(m.read_only && o.read_only) {
+                        return Err(Error::conflict(format!(
+                            "volume {} is in use by running container {} (/{}): a volume can be mounted by several running containers only if all of them mount it read-only (:ro); stop that container first",
+                            m.volume, other.config.id, other.config.name
+                        )));
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// Create a container: its disk (copy-on-write over the image disk, no image data copied),
     /// its directory on the datastore and its libvirt domain (defined, not started).
     pub async fn create(&self, req: CreateRequest) -> Result<ContainerView> {
@@ -441,9 +593,21 @@ impl PortLayer {
                 stdin: req.open_stdin,
                 size: None,
             },
+            mounts: req
+                .mounts
+                .iter()
+                .enumerate()
+                .map(|(i, m)| kic_proto::VolumeMount {
+                    serial: volume_serial(i),
+                    target: m.target.clone(),
+                    read_only: m.read_only,
+                    copy_up: !m.no_copy && !m.read_only,
+                })
+                .collect(),
         };
         let domain = format!("kic-{}-{}-{}", self.inner.cfg.vch, name, &id[..12]);
-        let config = ContainerConfig {
+        check_mount_targets(&req.mounts)?;
+        let mut config = ContainerConfig {
             version: CONFIG_VERSION,
             id: id.clone(),
             name: name.clone(),
@@ -462,8 +626,21 @@ impl PortLayer {
             datastore: self.inner.cfg.datastore.clone(),
             domain: domain.clone(),
             extra: req.extra.clone(),
+            mounts: Vec::new(),
         };
         let paths = self.inner.layout.container(&id);
+        // Volumes are looked up and the container reserved under the volume lock, so a volume
+        // cannot be removed in between.
+        let volume_guard = self.inner.volume_lock.lock().await;
+        for m in &req.mounts {
+            let v = self.inner.volumes.get(&m.volume)?;
+            config.mounts.push(Mount {
+                volume: m.volume.clone(),
+                disk: v.disk(),
+                target: m.target.clone(),
+                read_only: m.read_only,
+            });
+        }
         let ctr = Arc::new(Ctr::new(
             paths.clone(),
             config.clone(),
@@ -483,6 +660,7 @@ impl PortLayer {
             }
             cs.insert(id.clone(), ctr.clone());
         }
+        drop(volume_guard);
         match self.create_on_disk(&ctr, &config, &image.disk).await {
             Ok(()) => Ok(ctr.view()),
             Err(e) => {
@@ -535,6 +713,17 @@ impl PortLayer {
         let p = self.inner.layout.container(&c.id);
         let boot_dir = self.inner.layout.bootstrap().join(&c.boot_version);
         let meta = serde_json::to_string(c).expect("serialisable");
+        let serials: Vec<String> = (0..c.mounts.len()).map(volume_serial).collect();
+        let volumes: Vec<VolumeDisk> = c
+            .mounts
+            .iter()
+            .zip(&serials)
+            .map(|(m, serial)| VolumeDisk {
+                path: &m.disk,
+                serial,
+                read_only: m.read_only,
+            })
+            .collect();
         domain_xml(&DomainSpec {
             name: &c.domain,
             title: &format!("KIC container {} ({})", c.name, c.image),
@@ -553,6 +742,7 @@ impl PortLayer {
             socket: &p.socket(),
             console: &p.console(),
             metadata: &meta,
+            volumes: &volumes,
         })
     }
 
@@ -568,6 +758,9 @@ impl PortLayer {
             ))
         })?;
         let config = ctr.config.read().expect("config lock").clone();
+        // Checked and marked running under the volume lock: two starts cannot both pass.
+        let volume_guard = self.inner.volume_lock.lock().await;
+        self.check_volumes_free(&config)?;
         let (tx, rx) = oneshot::channel();
         *ctr.start_result.lock().expect("lock") = Some(tx);
         let log_base = LogWriter::open(&ctr.paths.log())
@@ -589,6 +782,7 @@ impl PortLayer {
                 s.restart_count += 1;
             }
         });
+        drop(volume_guard);
         let _ = std::fs::remove_file(ctr.paths.socket());
         // The boot image may have been rebuilt (upgrade): boot the version this container uses
         // if it still exists, else the current one.

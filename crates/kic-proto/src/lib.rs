@@ -80,6 +80,22 @@ pub struct ContainerSpec {
     /// Guest device holding the container's root filesystem (ext4), e.g. `/dev/vda`.
     pub root_device: String,
     pub main: ProcessSpec,
+    /// Volumes: extra disks (ext4) mounted into the container before its main process starts.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub mounts: Vec<VolumeMount>,
+}
+
+/// One volume disk to mount inside the container.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VolumeMount {
+    /// The disk's serial number (`/sys/block/vd*/serial` in the guest).
+    pub serial: String,
+    /// Absolute path inside the container.
+    pub target: String,
+    pub read_only: bool,
+    /// Copy what the image has at `target` into the volume when the volume is empty.
+    pub copy_up: bool,
 }
 
 /// How a stream is used; the first frame the host writes on every stream.

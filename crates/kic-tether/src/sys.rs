@@ -221,6 +221,9 @@ pub fn enter_container(spec: &ContainerSpec) -> Result<(), String> {
         .map_err(|e| format!("move root: {e}"))?;
     nix::unistd::chroot(".").map_err(|e| format!("chroot: {e}"))?;
     std::env::set_current_dir("/").map_err(|e| format!("chdir /: {e}"))?;
+    // Volumes are mounted from inside the new root, so that their targets resolve (symlinks
+    // of the image included) as the container will see them.
+    mount_volumes(&spec.mounts)?;
     if !spec.hostname.is_empty() {
         nix::unistd::sethostname(&spec.hostname).map_err(|e| format!("sethostname: {e}"))?;
         write_file("/etc/hostname", &format!("{}\n", spec.hostname))?;
@@ -230,6 +233,173 @@ pub fn enter_container(spec: &ContainerSpec) -> Result<(), String> {
         write_file("/etc/resolv.conf", r)?;
     }
     let _ = fs::create_dir_all("/tmp");
+    Ok(())
+}
+
+/// The block device (major, minor) of the disk whose serial number is `serial`.
+fn find_disk(serial: &str) -> Result<(u64, u64), String> {
+    wait_for(
+        &format!("volume disk with serial {serial}"),
+        Duration::from_secs(30),
+        || {
+            for e in fs::read_dir("/sys/block").ok()?.flatten() {
+                let s = fs::read_to_string(e.path().join("serial")).unwrap_or_default();
+                if s.trim() == serial {
+                    let dev = fs::read_to_string(e.path().join("dev")).ok()?;
+                    let (ma, mi) = dev.trim().split_once(':')?;
+                    return Some((ma.parse().ok()?, mi.parse().ok()?));
+                }
+            }
+            None
+        },
+    )
+}
+
+/// Mount every volume disk at its target (shallow targets first), copying the image's content
+/// at the target into a volume that is still empty (Docker's copy-up). Runs inside the new root.
+fn mount_volumes(mounts: &[kic_proto::VolumeMount]) -> Result<(), String> {
+    let mut order: Vec<&kic_proto::VolumeMount> = mounts.iter().collect();
+    order.sort_by_key(|m| Path::new(&m.target).components().count());
+    let stage = "/dev/.kic-volume";
+    for m in order {
+        let (major, minor) = find_disk(&m.serial)?;
+        let node = "/dev/.kic-volume-disk";
+        let _ = fs::remove_file(node);
+        mknod(
+            node,
+            SFlag::S_IFBLK,
+            Mode::from_bits_truncate(0o600),
+            makedev(major, minor),
+        )
+        .map_err(|e| format!("mknod {node}: {e}"))?;
+        let (flags, data) = if m.read_only {
+            // `noload`: a read-only disk cannot have its journal replayed.
+            (MsFlags::MS_RDONLY, Some("noload"))
+        } else {
+            (MsFlags::empty(), None)
+        };
+        let r = mnt(node, stage, "ext4", flags, data);
+        let _ = fs::remove_file(node);
+        r.map_err(|e| format!("{e} (the volume for {})", m.target))?;
+        let stage_path = Path::new(stage);
+        let target = Path::new(&m.target);
+        let prepared = if m.read_only {
+            Ok(())
+        } else {
+            prepare_volume(stage_path, target, m.copy_up)
+        };
+        let created = prepared.and_then(|_| match fs::symlink_metadata(target) {
+            Ok(md) if md.is_dir() => Ok(()),
+            Ok(md) if md.file_type().is_symlink() && target.is_dir() => Ok(()),
+            Ok(_) => Err(format!(
+                "cannot mount volume at {}: it is not a directory in the image",
+                m.target
+            )),
+            Err(_) => fs::create_dir_all(target).map_err(|e| format!("mkdir {}: {e}", m.target)),
+        });
+        if let Err(e) = created {
+            let _ = nix::mount::umount(stage);
+            return Err(e);
+        }
+        mount(
+            Some(stage),
+            target,
+            None::<&str>,
+            MsFlags::MS_MOVE,
+            None::<&str>,
+        )
+        .map_err(|e| format!("mount volume on {}: {e}", m.target))?;
+        milestone(&format!("volume mounted on {}", m.target));
+    }
+    let _ = fs::remove_dir(stage);
+    Ok(())
+}
+
+/// A volume is empty when it has nothing but mkfs's empty `lost+found`, which then goes (a new
+/// Docker volume is an empty directory); with `copy_up`, the image's content at `target` is
+/// copied in, with the ownership and mode of `target` itself.
+fn prepare_volume(vol: &Path, target: &Path, copy_up: bool) -> Result<(), String> {
+    let entries: Vec<_> = fs::read_dir(vol)
+        .map_err(|e| format!("read volume for {}: {e}", target.display()))?
+        .flatten()
+        .map(|e| e.file_name())
+        .collect();
+    let lf = vol.join("lost+found");
+    let only_lf = entries.iter().all(|n| n == "lost+found")
+        && fs::read_dir(&lf)
+            .map(|mut d| d.next().is_none())
+            .unwrap_or(true);
+    if !only_lf {
+        return Ok(());
+    }
+    let _ = fs::remove_dir(&lf);
+    if !copy_up {
+        return Ok(());
+    }
+    match fs::metadata(target) {
+        Ok(md) if md.is_dir() => {
+            copy_tree(target, vol)
+                .map_err(|e| format!("copy {} into its volume: {e}", target.display()))?;
+            copy_attrs(&md, vol, false)
+                .map_err(|e| format!("copy {} into its volume: {e}", target.display()))
+        }
+        _ => Ok(()),
+    }
+}
+
+fn copy_attrs(md: &fs::Metadata, dst: &Path, symlink: bool) -> std::io::Result<()> {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    std::os::unix::fs::lchown(dst, Some(md.uid()), Some(md.gid()))?;
+    if !symlink {
+        // After the chown, which clears set-id bits.
+        fs::set_permissions(dst, fs::Permissions::from_mode(md.mode() & 0o7777))?;
+    }
+    let ts = |s: i64, ns: i64| nix::sys::time::TimeSpec::new(s, ns);
+    nix::sys::stat::utimensat(
+        None,
+        dst,
+        &ts(md.atime(), md.atime_nsec()),
+        &ts(md.mtime(), md.mtime_nsec()),
+        nix::sys::stat::UtimensatFlags::NoFollowSymlink,
+    )
+    .map_err(std::io::Error::from)
+}
+
+/// Copy a tree keeping owners, modes, times, symlinks and device nodes.
+fn copy_tree(src: &Path, dst: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    for e in fs::read_dir(src)? {
+        let e = e?;
+        let (from, to) = (e.path(), dst.join(e.file_name()));
+        let md = fs::symlink_metadata(&from)?;
+        let ft = md.file_type();
+        if ft.is_dir() {
+            fs::create_dir(&to)?;
+            copy_tree(&from, &to)?;
+        } else if ft.is_symlink() {
+            std::os::unix::fs::symlink(fs::read_link(&from)?, &to)?;
+        } else if ft.is_file() {
+            fs::copy(&from, &to)?;
+        } else {
+            let kind = if ft.is_char_device() {
+                SFlag::S_IFCHR
+            } else if ft.is_block_device() {
+                SFlag::S_IFBLK
+            } else if ft.is_fifo() {
+                SFlag::S_IFIFO
+            } else {
+                continue; // sockets belong to a process, not to content
+            };
+            mknod(
+                &to,
+                kind,
+                Mode::from_bits_truncate(md.mode() & 0o7777),
+                md.rdev(),
+            )
+            .map_err(std::io::Error::from)?;
+        }
+        copy_attrs(&md, &to, ft.is_symlink())?;
+    }
     Ok(())
 }
 
@@ -260,4 +430,58 @@ pub fn cmdline_has(word: &str) -> bool {
         .unwrap_or_default()
         .split_whitespace()
         .any(|w| w == word || w.starts_with(&format!("{word}=")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+
+    fn tmp(name: &str) -> PathBuf {
+        let p = std::env::temp_dir().join(format!("kic-tether-{name}-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&p);
+        fs::create_dir_all(&p).unwrap();
+        p
+    }
+
+    #[test]
+    fn empty_volume_gets_the_image_content() {
+        let (img, vol) = (tmp("img"), tmp("vol"));
+        fs::create_dir_all(img.join("sub")).unwrap();
+        fs::write(img.join("sub/f"), "hi").unwrap();
+        fs::set_permissions(img.join("sub/f"), fs::Permissions::from_mode(0o640)).unwrap();
+        std::os::unix::fs::symlink("sub/f", img.join("link")).unwrap();
+        fs::set_permissions(&img, fs::Permissions::from_mode(0o750)).unwrap();
+        fs::create_dir(vol.join("lost+found")).unwrap();
+        prepare_volume(&vol, &img, true).unwrap();
+        assert!(!vol.join("lost+found").exists());
+        assert_eq!(fs::read_to_string(vol.join("link")).unwrap(), "hi");
+        assert_eq!(fs::read_link(vol.join("link")).unwrap(), Path::new("sub/f"));
+        let md = fs::metadata(vol.join("sub/f")).unwrap();
+        assert_eq!(md.mode() & 0o7777, 0o640);
+        assert_eq!(
+            fs::metadata(&vol).unwrap().mode() & 0o7777,
+            0o750,
+            "the volume root takes the target's mode"
+        );
+        // A volume with content is left alone.
+        fs::write(img.join("new"), "x").unwrap();
+        prepare_volume(&vol, &img, true).unwrap();
+        assert!(!vol.join("new").exists());
+        let _ = fs::remove_dir_all(&img);
+        let _ = fs::remove_dir_all(&vol);
+    }
+
+    #[test]
+    fn nocopy_and_missing_target_leave_the_volume_empty() {
+        let (img, vol) = (tmp("img2"), tmp("vol2"));
+        fs::write(img.join("f"), "x").unwrap();
+        fs::create_dir(vol.join("lost+found")).unwrap();
+        prepare_volume(&vol, &img, false).unwrap();
+        assert_eq!(fs::read_dir(&vol).unwrap().count(), 0);
+        prepare_volume(&vol, &img.join("absent"), true).unwrap();
+        assert_eq!(fs::read_dir(&vol).unwrap().count(), 0);
+        let _ = fs::remove_dir_all(&img);
+        let _ = fs::remove_dir_all(&vol);
+    }
 }

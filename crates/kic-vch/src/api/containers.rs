@@ -232,6 +232,7 @@ async fn create(
         stop_signal: b.stop_signal.filter(|x| !x.is_empty()),
         stop_timeout: b.stop_timeout.filter(|t| *t >= 0).map(|t| t as u64),
         extra,
+        mounts: Vec::new(),
     };
     if let Some(n) = &req.name {
         // Refuse a taken name before anything else, as dockerd does.

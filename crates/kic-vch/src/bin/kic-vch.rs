@@ -61,6 +61,7 @@ async fn run(cfg: VchConfig) -> anyhow::Result<()> {
     pl_cfg.default_memory_mib = cfg.container_memory_mib;
     pl_cfg.default_vcpus = cfg.container_cpus;
     pl_cfg.extra_kernel_args = cfg.kernel_args.clone();
+    pl_cfg.volume_stores = cfg.volume_stores.clone();
     let pl = kic_portlayer::PortLayer::open(pl_cfg)
         .await
         .map_err(|e| anyhow::anyhow!("cannot open the port layer: {e}"))?;
