@@ -485,22 +485,12 @@ async fn list(
     collect_orphan_disks(&state).await;
     let store = state.pl.images().clone();
     let images = blocking(move || store.list()).await?;
+    let lookup = state.pl.images().clone();
     let created_of = |name: &str| -> Result<i64, String> {
-        images
-            .iter()
-            .find(|i| {
-                i.id == name
-                    || i.id
-                        .strip_prefix("sha256:")
-                        .is_some_and(|h| h.starts_with(name))
-                    || i.repo_tags.iter().any(|t| {
-                        t == name
-                            || Reference::parse(name).ok().and_then(|r| r.tag_key())
-                                == Reference::parse(t).ok().and_then(|r| r.tag_key())
-                    })
-            })
+        lookup
+            .get(name)
             .map(|i| unix_of(Some(&i.created)))
-            .ok_or_else(|| format!("No such image: {name}"))
+            .map_err(|e| e.to_string())
     };
     let filters = filter::ImageFilters::parse(&f, created_of).map_err(|m| {
         if m.starts_with("No such image") {
@@ -1065,7 +1055,9 @@ async fn prune(
     let mut deleted = Vec::new();
     let mut reclaimed = 0u64;
     for img in images {
-        if used.contains_key(&img.id) || (!all && !img.repo_tags.is_empty()) {
+        // dockerd's prune: dangling means no reference at all (tag or digest).
+        let dangling = img.repo_tags.is_empty() && img.repo_digests.is_empty();
+        if used.contains_key(&img.id) || (!all && !dangling) {
             continue;
         }
         if filters.apply(&img, unix_of(Some(&img.created))).is_none() {

@@ -154,10 +154,12 @@ impl ImageFilters {
 
     /// Whether the image passes, and (with `reference`) which of its tags and digests to show.
     pub fn apply(&self, img: &ImageRecord, created: i64) -> Option<(Vec<String>, Vec<String>)> {
-        if let Some(d) = self.dangling {
-            if d != img.repo_tags.is_empty() {
-                return None;
-            }
+        // As dockerd: `dangling=true` keeps untagged images (digest references or not),
+        // `dangling=false` drops only images without any reference.
+        match self.dangling {
+            Some(true) if !img.repo_tags.is_empty() => return None,
+            Some(false) if img.repo_tags.is_empty() && img.repo_digests.is_empty() => return None,
+            _ => {}
         }
         if let Some(b) = self.before {
             if created >= b {
