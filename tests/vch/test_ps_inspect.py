@@ -166,3 +166,15 @@ def test_name_conflicts_under_concurrency(docker):
     # The name is free again.
     docker.ok("create", "--name", name, *NET, "busybox", "true")
     docker.ok("rm", name)
+
+
+def test_generated_names_are_unique(docker):
+    ids = [docker.out("create", *NET, "busybox", "true") for _ in range(5)]
+    try:
+        names = [docker.inspect(i, "{{.Name}}") for i in ids]
+        assert len(set(names)) == 5, names
+        for n in names:
+            # Docker's generator: adjective_surname, a digit appended on a retry.
+            assert re.fullmatch(r"/[a-z]+_[a-z]+\d?", n), names
+    finally:
+        docker("rm", *ids)
