@@ -25,6 +25,8 @@ pub struct RegistryOptions {
     pub insecure_registries: Vec<String>,
     /// Username and password (or token) for Basic auth and token requests.
     pub credentials: Option<(String, String)>,
+    /// PEM files of extra CAs trusted for registries' certificates (besides the system's).
+    pub ca_files: Vec<std::path::PathBuf>,
 }
 
 /// True if `domain` may be reached without verified TLS.
@@ -69,9 +71,34 @@ pub struct FetchedManifest {
     pub content_type: Option<String>,
 }
 
-fn client(verify: bool) -> Result<reqwest::Client> {
-    reqwest::Client::builder()
-        .danger_accept_invalid_certs(!verify)
+/// Reads PEM CA bundles for [`RegistryOptions::ca_files`].
+pub fn load_cas(files: &[std::path::PathBuf]) -> Result<Vec<reqwest::Certificate>> {
+    let mut out = Vec::new();
+    for f in files {
+        let pem = std::fs::read(f).map_err(|e| ImageError::io("read registry CA", f, e))?;
+        let certs = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| {
+            ImageError::Invalid(format!(
+                "registry CA file {} holds no usable PEM certificate: {e}",
+                f.display()
+            ))
+        })?;
+        if certs.is_empty() {
+            return Err(ImageError::Invalid(format!(
+                "registry CA file {} holds no PEM certificate",
+                f.display()
+            )));
+        }
+        out.extend(certs);
+    }
+    Ok(out)
+}
+
+fn client(verify: bool, cas: &[reqwest::Certificate]) -> Result<reqwest::Client> {
+    let mut b = reqwest::Client::builder();
+    for c in cas {
+        b = b.add_root_certificate(c.clone());
+    }
+    b.danger_accept_invalid_certs(!verify)
         .connect_timeout(Duration::from_secs(15))
         .user_agent(concat!("kic-image/", env!("CARGO_PKG_VERSION")))
         .build()
@@ -141,9 +168,10 @@ pub async fn login(domain: &str, opts: &RegistryOptions) -> Result<()> {
         domain
     };
     let insecure = is_insecure(domain, &opts.insecure_registries);
-    let mut attempts = vec![(format!("https://{host}"), client(!insecure)?)];
+    let cas = load_cas(&opts.ca_files)?;
+    let mut attempts = vec![(format!("https://{host}"), client(!insecure, &cas)?)];
     if insecure {
-        attempts.push((format!("http://{host}"), client(true)?));
+        attempts.push((format!("http://{host}"), client(true, &cas)?));
     }
     let mut last = String::new();
     let mut reached = None;
@@ -268,9 +296,10 @@ impl RegistryClient {
     pub async fn connect(r: &Reference, opts: &RegistryOptions) -> Result<RegistryClient> {
         let host = r.api_host().to_string();
         let insecure = is_insecure(&r.domain, &opts.insecure_registries);
-        let mut attempts = vec![(format!("https://{host}"), client(!insecure)?)];
+        let cas = load_cas(&opts.ca_files)?;
+        let mut attempts = vec![(format!("https://{host}"), client(!insecure, &cas)?)];
         if insecure {
-            attempts.push((format!("http://{host}"), client(true)?));
+            attempts.push((format!("http://{host}"), client(true, &cas)?));
         }
         let mut last = String::new();
         for (base, http) in attempts {
@@ -732,6 +761,33 @@ mod tests {
         let (s, p) = parse_challenge(r#"Basic realm="kic""#);
         assert_eq!(s, "basic");
         assert_eq!(p, vec![("realm".into(), "kic".into())]);
+    }
+
+    #[test]
+    fn ca_files_load_or_say_why_not() {
+        let dir = tempfile::tempdir().unwrap();
+        let (key, cert) = (dir.path().join("k.pem"), dir.path().join("c.pem"));
+        let st = std::process::Command::new("openssl")
+            .args([
+                "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+            ])
+            .args(["-subj", "/CN=kic-test-ca", "-keyout"])
+            .arg(&key)
+            .arg("-out")
+            .arg(&cert)
+            .stderr(std::process::Stdio::null())
+            .status();
+        if !st.map(|s| s.success()).unwrap_or(false) {
+            eprintln!("skipping: openssl is not available");
+            return;
+        }
+        assert_eq!(load_cas(std::slice::from_ref(&cert)).unwrap().len(), 1);
+        let junk = dir.path().join("junk.pem");
+        std::fs::write(&junk, "not a certificate").unwrap();
+        let e = load_cas(&[cert.clone(), junk.clone()]).unwrap_err();
+        assert!(e.to_string().contains("junk.pem"), "{e}");
+        let e = load_cas(&[dir.path().join("missing.pem")]).unwrap_err();
+        assert!(e.to_string().contains("missing.pem"), "{e}");
     }
 
     #[test]

@@ -33,6 +33,8 @@ pub struct PullOptions {
     pub credentials: Option<(String, String)>,
     /// Size of the image disk to build, in bytes.
     pub disk_size_bytes: u64,
+    /// PEM files of extra CAs trusted for registry certificates.
+    pub ca_files: Vec<PathBuf>,
 }
 
 impl Default for PullOptions {
@@ -41,6 +43,7 @@ impl Default for PullOptions {
             insecure_registries: Vec::new(),
             credentials: None,
             disk_size_bytes: DEFAULT_DISK_SIZE,
+            ca_files: Vec::new(),
         }
     }
 }
@@ -485,6 +488,7 @@ impl ImageStore {
             &RegistryOptions {
                 insecure_registries: opts.insecure_registries.clone(),
                 credentials: opts.credentials.clone(),
+                ca_files: opts.ca_files.clone(),
             },
         )
         .await?;

@@ -304,6 +304,7 @@ impl ImageStore {
             &crate::registry::RegistryOptions {
                 insecure_registries: opts.insecure_registries.clone(),
                 credentials: opts.credentials.clone(),
+                ca_files: opts.ca_files.clone(),
             },
         )
         .await?;

@@ -231,6 +231,7 @@ pub(crate) fn pull_options(state: &AppState, headers: &HeaderMap) -> PullOptions
     PullOptions {
         insecure_registries: state.cfg.registries.insecure.clone(),
         credentials: registry_auth(headers),
+        ca_files: state.cfg.registries.ca.clone(),
         ..PullOptions::default()
     }
 }
@@ -1102,6 +1103,7 @@ async fn auth(State(state): State<AppState>, Json(body): Json<Value>) -> ApiResu
     let opts = kic_image::registry::RegistryOptions {
         insecure_registries: state.cfg.registries.insecure.clone(),
         credentials: creds,
+        ca_files: state.cfg.registries.ca.clone(),
     };
     kic_image::registry::login(&domain, &opts)
         .await
