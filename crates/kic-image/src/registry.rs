@@ -321,7 +321,7 @@ impl RegistryClient {
         let hint = if insecure {
             ""
         } else {
-            "; if it serves plain HTTP or a self-signed certificate, list it in insecure registries"
+            "; if it serves plain HTTP or a certificate of a private CA, list it in insecure registries or trust that CA (registry CA files)"
         };
         Err(ImageError::registry(
             &r.domain,
