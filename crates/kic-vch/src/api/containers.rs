@@ -4,6 +4,7 @@
 
 use super::stream::{self, DetachScanner};
 use super::util::{self, flag};
+use super::volumes;
 use super::{ApiError, ApiResult, AppState};
 use axum::body::{Body, Bytes};
 use axum::extract::{Path, Query, Request, State};
@@ -46,6 +47,14 @@ pub fn routes() -> Router<AppState> {
             get(not_yet).put(not_yet).head(not_yet),
         )
         .route("/commit", post(not_yet))
+        .route(
+            "/containers/{id}/checkpoints",
+            axum::routing::any(|| async { ApiError::unsupported("checkpoints") }),
+        )
+        .route(
+            "/containers/{id}/checkpoints/{*rest}",
+            axum::routing::any(|| async { ApiError::unsupported("checkpoints") }),
+        )
 }
 
 async fn not_yet() -> ApiError {
@@ -140,14 +149,24 @@ async fn create(
         return Err(ApiError::bad_request("No image specified"));
     }
     let hc = b.host_config.clone().unwrap_or_default();
-    if hc.binds.as_ref().is_some_and(|v| !v.is_empty())
-        || hc.mounts.as_ref().is_some_and(|v| !v.is_empty())
-    {
-        return Err(ApiError::new(
-            StatusCode::NOT_IMPLEMENTED,
-            "volumes and bind mounts are not supported by KIC yet",
-        ));
-    }
+    let config_volumes: Vec<String> = raw
+        .get("Volumes")
+        .and_then(Value::as_object)
+        .map(|o| o.keys().cloned().collect())
+        .unwrap_or_default();
+    let image_volumes: Vec<String> =
+        s.pl.images()
+            .get(&b.image)
+            .ok()
+            .and_then(|i| i.config.config.volumes.clone())
+            .map(|v| v.into_keys().collect())
+            .unwrap_or_default();
+    let mount_specs = volumes::container_mounts(
+        hc.binds.as_deref().unwrap_or(&[]),
+        hc.mounts.as_deref().unwrap_or(&[]),
+        &config_volumes,
+        &image_volumes,
+    )?;
     if hc.port_bindings.as_ref().is_some_and(|p| !p.is_empty()) || hc.publish_all_ports {
         return Err(ApiError::new(
             StatusCode::NOT_IMPLEMENTED,
@@ -215,7 +234,7 @@ async fn create(
             "StdinOnce": b.stdin_once,
         }
     });
-    let req = CreateRequest {
+    let mut req = CreateRequest {
         name: q.name.filter(|n| !n.is_empty()),
         image: b.image.clone(),
         cmd: b.cmd.map(StrOrList::into_vec),
@@ -250,7 +269,15 @@ async fn create(
         // creates cannot overshoot them together.
         let _g = s.create_lock.lock().await;
         check_limits(&s, &req)?;
-        s.pl.create(req).await?
+        let (mounts, anonymous) = volumes::prepare_mounts(&s, mount_specs).await?;
+        req.mounts = mounts;
+        match s.pl.create(req).await {
+            Ok(v) => v,
+            Err(e) => {
+                volumes::discard(&s, &anonymous).await;
+                return Err(e.into());
+            }
+        }
     };
     s.events.container(&view, "create", BTreeMap::new());
     watch_container(&s, &view.config.id);
@@ -360,7 +387,7 @@ fn list_json(v: &ContainerView) -> Value {
         "Status": status_text(v),
         "HostConfig": {"NetworkMode": mode},
         "NetworkSettings": {"Networks": {}},
-        "Mounts": [],
+        "Mounts": volumes::mounts_json(v),
     })
 }
 
@@ -432,7 +459,7 @@ fn inspect_json(s: &AppState, v: &ContainerView) -> Value {
             "Name": "kic-qcow2",
             "Data": {"ContainerDisk": dir.join("disk.qcow2"), "ImageDisk": c.image_disk},
         },
-        "Mounts": [],
+        "Mounts": volumes::mounts_json(v),
         "Config": {
             "Hostname": c.spec.hostname,
             "Domainname": "",
@@ -697,6 +724,7 @@ async fn start(State(s): State<AppState>, Path(id): Path<String>) -> ApiResult<R
     s.stopped_by_user.lock().expect("lock").remove(&v.config.id);
     s.pl.start(&id).await?;
     let v = s.pl.inspect(&id)?;
+    volumes::mount_events(&s, &v, "mount");
     s.events.container(&v, "start", BTreeMap::new());
     Ok(StatusCode::NO_CONTENT.into_response())
 }
@@ -891,7 +919,6 @@ async fn remove(
             v.config.name
         )));
     }
-    let _ = flag(&q.v); // no volumes yet
     if v.state.running() {
         s.stopped_by_user
             .lock()
@@ -903,6 +930,9 @@ async fn remove(
     }
     s.pl.remove(&v.config.id, force).await?;
     s.events.container(&v, "destroy", BTreeMap::new());
+    if flag(&q.v) {
+        volumes::remove_anonymous(&s, &v).await;
+    }
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
@@ -1468,6 +1498,7 @@ pub async fn start_policies(s: &AppState) {
             );
             if s.pl.remove(&v.config.id, false).await.is_ok() {
                 s.events.container(&v, "destroy", BTreeMap::new());
+                volumes::remove_anonymous(s, &v).await;
             }
             continue;
         }
@@ -1504,11 +1535,13 @@ pub fn watch_container(s: &AppState, id: &str) {
             let mut a = BTreeMap::new();
             a.insert("exitCode".into(), st.exit_code.unwrap_or(0).to_string());
             s.events.container(&v, "die", a);
+            volumes::mount_events(&s, &v, "unmount");
             let hc = host_config(&v);
             if hc.auto_remove {
                 s.pl.settle(&id, Duration::from_secs(10)).await;
                 if s.pl.remove(&id, false).await.is_ok() {
                     s.events.container(&v, "destroy", BTreeMap::new());
+                    volumes::remove_anonymous(&s, &v).await;
                 }
                 return;
             }

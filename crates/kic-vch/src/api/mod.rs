@@ -8,6 +8,7 @@ pub mod images;
 pub mod stream;
 pub mod system;
 pub mod util;
+pub mod volumes;
 
 use crate::config::VchConfig;
 use axum::http::StatusCode;
@@ -131,6 +132,7 @@ pub fn router(state: AppState) -> Router {
         .merge(containers::routes())
         .merge(exec::routes())
         .merge(images::routes())
+        .merge(volumes::routes())
         .fallback(|| async { ApiError::not_found("page not found") })
         .with_state(state)
 }
