@@ -470,7 +470,7 @@ fn summary(
         "Created": unix_of(Some(&img.created)),
         "Size": img.size,
         "SharedSize": shared,
-        "Labels": img.config.config.labels.clone().unwrap_or_default(),
+        "Labels": img.config.config.labels,
         "Containers": containers,
     })
 }
