@@ -5,7 +5,7 @@
 //! `docker-registry` and `skopeo`. So they are `#[ignore]`d for a bare `cargo test`, and
 //! `make test` runs them with `--include-ignored` inside a network namespace it creates.
 
-use kic_portlayer::{Config, CreateRequest, PortLayer, Status};
+use kic_portlayer::{Config, CreateRequest, MountRequest, PortLayer, Status, VolumeCreate};
 use kic_proto::ProcessSpec;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -135,6 +135,7 @@ vm_tests! {
     main_process_with_a_terminal_and_stdin => main_process_with_a_terminal_and_stdin_body,
     debian_image_runs => debian_image_runs_body,
     host_process_killed_mid_run_loses_nothing => host_process_killed_mid_run_loses_nothing_body,
+    volumes_outlive_containers_and_copy_up_image_content => volumes_body,
 }
 
 /// No test may hang the suite: each gets four minutes.
@@ -563,4 +564,129 @@ async fn host_process_killed_mid_run_loses_nothing_body() {
     let mut rm = Command::new(kicctl);
     base(&mut rm);
     assert!(rm.args(["rm", &name]).status().unwrap().success());
+}
+
+fn mount(volume: &str, target: &str, read_only: bool) -> Vec<MountRequest> {
+    vec![MountRequest {
+        volume: volume.into(),
+        target: target.into(),
+        read_only,
+        no_copy: false,
+    }]
+}
+
+async fn volumes_body() {
+    let s = setup();
+    let mut cfg = config(&s.datastore, "vmtest-volumes");
+    let store = s.datastore.join("volume-store");
+    cfg.volume_stores.insert("default".into(), store.clone());
+    let pl = PortLayer::open(cfg).await.expect("port layer");
+    let mut vc = VolumeCreate {
+        name: "data".into(),
+        ..Default::default()
+    };
+    vc.options.insert("Capacity".into(), "16MB".into());
+    let v = pl.volume_create(vc.clone()).await.expect("volume create");
+    assert_eq!(v.disk(), store.join("volumes/data/disk.raw"));
+    assert!(pl
+        .volume_create(vc)
+        .await
+        .unwrap_err()
+        .message
+        .contains("already exists"));
+    let req = |script: &str, mounts: Vec<MountRequest>| CreateRequest {
+        image: s.busybox.clone(),
+        cmd: sh(script),
+        mounts,
+        ..Default::default()
+    };
+
+    // Written by one container, read by the next after the first is gone; a new volume is
+    // an empty directory (mkfs's lost+found is not shown).
+    let (out, err, code) = run(
+        &pl,
+        req(
+            "ls -A /data; echo hi > /data/f; df -Pk /data | tail -1",
+            mount("data", "/data", false),
+        ),
+    )
+    .await;
+    assert_eq!(code, 0, "{}", String::from_utf8_lossy(&err));
+    let out = String::from_utf8_lossy(&out).to_string();
+    assert!(!out.contains("lost+found"), "{out}");
+    let size_k: u64 = out.split_whitespace().nth(1).unwrap().parse().unwrap();
+    assert!(
+        (10_000..=16_384).contains(&size_k),
+        "a 16 MB filesystem: {out}"
+    );
+    let (out, _, code) = run(&pl, req("cat /data/f", mount("data", "/data", false))).await;
+    assert_eq!((code, out.as_slice()), (0, b"hi\n".as_slice()));
+
+    // Read-only: reads work, writes fail.
+    let (out, _, code) = run(
+        &pl,
+        req(
+            "cat /data/f; touch /data/g 2>/dev/null && echo wrote",
+            mount("data", "/data", true),
+        ),
+    )
+    .await;
+    assert_eq!((code, out.as_slice()), (1, b"hi\n".as_slice()));
+
+    // A volume in use cannot be removed; two running containers cannot both write it.
+    let a = pl
+        .create(req("sleep 60", mount("data", "/data", false)))
+        .await
+        .unwrap()
+        .config
+        .id;
+    let e = pl.volume_remove("data", false).await.unwrap_err();
+    assert_eq!(e.message, format!("remove data: volume is in use - [{a}]"));
+    pl.start(&a).await.unwrap();
+    let b = pl
+        .create(req("true", mount("data", "/data", false)))
+        .await
+        .unwrap()
+        .config
+        .id;
+    let e = pl.start(&b).await.unwrap_err();
+    assert!(
+        e.message
+            .contains(&format!("volume data is in use by running container {a}")),
+        "{e}"
+    );
+    pl.remove(&a, true).await.unwrap();
+    pl.remove(&b, true).await.unwrap();
+    pl.volume_remove("data", false)
+        .await
+        .expect("volume remove");
+    assert!(!store.join("volumes/data").exists());
+
+    // Copy-up: an empty volume over /etc starts with the image's /etc, and keeps it.
+    pl.volume_create(VolumeCreate {
+        name: "etc".into(),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let (out, _, code) = run(
+        &pl,
+        req(
+            "grep ^root: /etc/passwd && echo x > /etc/added",
+            mount("etc", "/etc", false),
+        ),
+    )
+    .await;
+    assert_eq!(code, 0);
+    assert!(String::from_utf8_lossy(&out).starts_with("root:x:0:0:"));
+    let (out, _, code) = run(
+        &pl,
+        req(
+            "cat /etc/added; ls /etc/passwd",
+            mount("etc", "/etc", false),
+        ),
+    )
+    .await;
+    assert_eq!((code, out.as_slice()), (0, b"x\n/etc/passwd\n".as_slice()));
+    pl.volume_remove("etc", false).await.unwrap();
 }
