@@ -20,7 +20,8 @@ def main():
     out = client.containers.run("busybox", ["sh", "-c", "echo sdk-says-hello uid=$(id -u)"], network_mode="none",
                                 remove=True)
     print("output:", out.decode().strip())
-    c = client.containers.run("busybox", ["sh", "-c", "echo sdk-says-hello uid=$(id -u); echo tick; sleep 600"],
+    script = "trap 'exit 0' TERM; echo sdk-says-hello uid=$(id -u); echo tick; while true; do sleep 0.1; done"
+    c = client.containers.run("busybox", ["sh", "-c", script],
                               name=name, network_mode="none", detach=True, labels={"sdk": "yes"})
     c.reload()
     print("name:", c.attrs["Name"])
@@ -30,7 +31,7 @@ def main():
     while b"tick" not in c.logs() and time.monotonic() < deadline:
         time.sleep(0.2)
     print("logs:", c.logs().decode().strip().replace("\n", "|"))
-    c.stop(timeout=2)
+    c.stop(timeout=10)
     c.reload()
     print("stopped:", c.status, c.attrs["State"]["ExitCode"])
     c.remove()

@@ -253,6 +253,22 @@ def test_stop_kill_restart_rm(docker):
     assert docker.out("ps", "-aq", "--filter", f"name={trap}") == ""
 
 
+def test_stop_of_a_main_process_without_handlers(docker):
+    """The main process is PID 1 of the container: signals it has no handler for are ignored,
+    so `docker stop` of a plain `sleep` waits out --time and kills (137), while SIGKILL and a
+    trapped SIGTERM work as usual."""
+    plain = docker.name("pid1")
+    docker.ok("run", "-d", "--name", plain, *NET, "busybox", "sleep", "600")
+    assert docker.out("exec", plain, "sh", "-c", "cat /proc/1/cmdline | tr '\\0' ' '") == "sleep 600"
+    t0 = time.monotonic()
+    docker.ok("stop", "--time", "2", plain)
+    took = time.monotonic() - t0
+    st = docker.state(plain)
+    assert st["ExitCode"] == 137, st
+    assert took >= 2, f"stop --time 2 of a PID 1 without a SIGTERM handler took only {took:.1f}s"
+    docker.ok("rm", plain)
+
+
 def test_stop_and_kill_of_missing_or_stopped(docker):
     r = docker("stop", "no-such-kt")
     assert r.rc == 1 and "No such container: no-such-kt" in r.err, r
