@@ -616,6 +616,42 @@ impl RegistryClient {
         ImageError::registry(&self.registry, format!("{what}: HTTP {status}: {detail}"))
     }
 
+    /// The repository's tags (`GET /v2/<name>/tags/list`, following `Link` pages).
+    pub async fn tags(&self) -> Result<Vec<String>> {
+        let mut url = format!("{}/v2/{}/tags/list", self.base, self.repository);
+        let mut out = Vec::new();
+        for _ in 0..100 {
+            let resp = self.get(&url, None).await?;
+            if resp.status() == StatusCode::NOT_FOUND {
+                return Err(self.denied());
+            }
+            if !resp.status().is_success() {
+                return Err(self.fail(&format!("GET {url}"), resp).await);
+            }
+            let next = resp
+                .headers()
+                .get(reqwest::header::LINK)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|l| l.split_once('<'))
+                .and_then(|(_, rest)| rest.split_once('>'))
+                .map(|(u, _)| u.to_string());
+            #[derive(serde::Deserialize)]
+            struct Tags {
+                tags: Option<Vec<String>>,
+            }
+            let t: Tags = resp.json().await.map_err(|e| {
+                ImageError::registry(&self.registry, format!("bad tag list from {url}: {e}"))
+            })?;
+            out.extend(t.tags.unwrap_or_default());
+            match next {
+                Some(n) if n.starts_with('/') => url = format!("{}{n}", self.base),
+                Some(n) => url = n,
+                None => break,
+            }
+        }
+        Ok(out)
+    }
+
     /// Whether the repository already has a blob.
     pub async fn blob_exists(&self, d: &Digest) -> Result<bool> {
         let url = self.url("blobs", d.as_str());

@@ -278,6 +278,25 @@ impl ImageStore {
         })
     }
 
+    /// The tags of `reference`'s repository in its registry (`docker pull --all-tags`).
+    pub async fn list_tags(
+        &self,
+        reference: &str,
+        opts: &crate::PullOptions,
+    ) -> Result<Vec<String>> {
+        let r = Reference::parse(reference)?;
+        let client = RegistryClient::connect(
+            &r,
+            &crate::registry::RegistryOptions {
+                insecure_registries: opts.insecure_registries.clone(),
+                credentials: opts.credentials.clone(),
+                ca_files: opts.ca_files.clone(),
+            },
+        )
+        .await?;
+        client.tags().await
+    }
+
     /// Pushes the image `reference` (a tag) names to its registry: layers the repository
     /// lacks, the config, then the stored manifest under the tag (so its digest is the one the
     /// image was pulled with). Records the digest reference and returns it with the manifest

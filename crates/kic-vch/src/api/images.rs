@@ -290,6 +290,15 @@ fn check_platform(p: Option<&str>) -> ApiResult<()> {
     }
 }
 
+/// Does `fromImage` name a tag or digest itself (`busybox:1`, `x@sha256:..`)?
+fn names_tag_or_digest(from: &str) -> bool {
+    from.contains('@')
+        || from
+            .rsplit('/')
+            .next()
+            .is_some_and(|last| last.contains(':'))
+}
+
 async fn create(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -306,30 +315,61 @@ async fn create(
     let r = pull_reference(&from, q.tag.as_deref())?;
     check_whitelist(&state, &r.domain)?;
     let opts = pull_options(&state, &headers);
-    let familiar = familiar_of(&r);
     let store = state.pl.images().clone();
-    let before = {
-        let s = store.clone();
-        let f = familiar.clone();
-        tokio::task::spawn_blocking(move || s.get(&f).ok().map(|r| r.id))
+    // No tag anywhere (`docker pull --all-tags`): every tag of the repository, as dockerd.
+    let all_tags = q.tag.as_deref().unwrap_or("").is_empty() && !names_tag_or_digest(&from);
+    let refs: Vec<Reference> = if all_tags {
+        let tags = store
+            .list_tags(&r.to_string(), &opts)
             .await
-            .ok()
-            .flatten()
+            .map_err(image_error)?;
+        let mut refs = Vec::new();
+        for t in tags {
+            let mut x = r.clone();
+            x.tag = Some(t);
+            refs.push(x);
+        }
+        // dockerd starts with `latest`.
+        refs.sort_by_key(|x| x.tag.as_deref() != Some("latest"));
+        if refs.is_empty() {
+            return Err(ApiError::not_found(format!(
+                "repository {} has no tags",
+                r.familiar_repository()
+            )));
+        }
+        refs
+    } else {
+        vec![r.clone()]
     };
+    let mut before = Vec::new();
+    for x in &refs {
+        let s = store.clone();
+        let f = familiar_of(x);
+        before.push(
+            tokio::task::spawn_blocking(move || s.get(&f).ok().map(|r| r.id))
+                .await
+                .ok()
+                .flatten(),
+        );
+    }
     let (tx, mut rx) = mpsc::unbounded_channel::<PullEvent>();
     {
-        let tx = tx.clone();
-        let reference = r.to_string();
+        let refs = refs.clone();
         tokio::spawn(async move {
-            let ptx = tx.clone();
-            let cb = move |p: PullProgress| {
-                let _ = ptx.send(PullEvent::Progress(p));
-            };
-            let res = store.pull(&reference, &opts, &cb).await;
-            let _ = tx.send(PullEvent::Done(Box::new(res)));
+            for x in refs {
+                let ptx = tx.clone();
+                let cb = move |p: PullProgress| {
+                    let _ = ptx.send(PullEvent::Progress(p));
+                };
+                let res = store.pull(&x.to_string(), &opts, &cb).await;
+                let failed = res.is_err();
+                let _ = tx.send(PullEvent::Done(Box::new(res)));
+                if failed {
+                    break;
+                }
+            }
         });
     }
-    drop(tx);
     // Nothing is written until the first event: errors before it get their HTTP status.
     let first = rx
         .recv()
@@ -342,74 +382,93 @@ async fn create(
         },
         p => p,
     };
-    let id_field = r
-        .digest
-        .as_ref()
-        .map(|d| d.to_string())
-        .or(r.tag.clone())
-        .unwrap_or_else(|| "latest".into());
-    let header_line = progress::status(&format!("Pulling from {}", r.repository), Some(&id_field));
     let (btx, brx) = mpsc::channel::<Bytes>(64);
     let events = state.events.clone();
     tokio::spawn(async move {
-        let mut held: Vec<Value> = Vec::new();
-        let mut layer_work = false;
-        let _ = btx.send(progress::line(&header_line)).await;
         let mut next = Some(first);
-        loop {
-            let ev = match next.take() {
-                Some(e) => e,
-                None => match rx.recv().await {
+        let mut changed = false;
+        for (i, x) in refs.iter().enumerate() {
+            let familiar = familiar_of(x);
+            let id_field = x
+                .digest
+                .as_ref()
+                .map(|d| d.to_string())
+                .or(x.tag.clone())
+                .unwrap_or_else(|| "latest".into());
+            let header =
+                progress::status(&format!("Pulling from {}", x.repository), Some(&id_field));
+            let _ = btx.send(progress::line(&header)).await;
+            let mut held: Vec<Value> = Vec::new();
+            let mut layer_work = false;
+            loop {
+                let ev = match next.take() {
                     Some(e) => e,
-                    None => break,
-                },
-            };
-            match ev {
-                PullEvent::Progress(p) => {
-                    let line = progress::layer(&p.status, &p.id, p.current, p.total);
-                    if p.status == "Already exists" && !layer_work {
-                        // Shown only if this pull brings something new (else the whole image
-                        // was there and dockerd lists no layers).
-                        held.push(line);
-                        continue;
-                    }
-                    layer_work = true;
-                    for h in held.drain(..) {
-                        let _ = btx.send(progress::line(&h)).await;
-                    }
-                    if btx.send(progress::line(&line)).await.is_err() {
-                        tracing::debug!("pull client went away; the pull goes on");
-                    }
-                }
-                PullEvent::Done(res) => {
-                    let rec = match *res {
-                        Ok(rec) => rec,
-                        Err(e) => {
-                            let _ = btx
-                                .send(progress::line(&progress::error(&e.to_string())))
-                                .await;
-                            break;
+                    None => match rx.recv().await {
+                        Some(e) => e,
+                        None => return,
+                    },
+                };
+                match ev {
+                    PullEvent::Progress(p) => {
+                        let line = progress::layer(&p.status, &p.id, p.current, p.total);
+                        if p.status == "Already exists" && !layer_work {
+                            // Shown only if this pull brings something new (else the whole
+                            // image was there and dockerd lists no layers).
+                            held.push(line);
+                            continue;
                         }
-                    };
-                    let up_to_date = before.as_deref() == Some(rec.id.as_str());
-                    let _ = btx
-                        .send(progress::line(&progress::status(
-                            &format!("Digest: {}", rec.manifest_digest),
-                            None,
-                        )))
-                        .await;
-                    let msg = if up_to_date {
-                        format!("Status: Image is up to date for {familiar}")
-                    } else {
-                        format!("Status: Downloaded newer image for {familiar}")
-                    };
-                    let _ = btx
-                        .send(progress::line(&progress::status(&msg, None)))
-                        .await;
-                    events.image("pull", &familiar, &familiar);
-                    break;
+                        layer_work = true;
+                        for h in held.drain(..) {
+                            let _ = btx.send(progress::line(&h)).await;
+                        }
+                        if btx.send(progress::line(&line)).await.is_err() {
+                            tracing::debug!("pull client went away; the pull goes on");
+                        }
+                    }
+                    PullEvent::Done(res) => {
+                        let rec = match *res {
+                            Ok(rec) => rec,
+                            Err(e) => {
+                                let _ = btx
+                                    .send(progress::line(&progress::error(&e.to_string())))
+                                    .await;
+                                return;
+                            }
+                        };
+                        let up_to_date = before[i].as_deref() == Some(rec.id.as_str());
+                        changed |= !up_to_date;
+                        let _ = btx
+                            .send(progress::line(&progress::status(
+                                &format!("Digest: {}", rec.manifest_digest),
+                                None,
+                            )))
+                            .await;
+                        if !all_tags {
+                            let msg = if up_to_date {
+                                format!("Status: Image is up to date for {familiar}")
+                            } else {
+                                format!("Status: Downloaded newer image for {familiar}")
+                            };
+                            let _ = btx
+                                .send(progress::line(&progress::status(&msg, None)))
+                                .await;
+                        }
+                        events.image("pull", &familiar, &familiar);
+                        break;
+                    }
                 }
             }
+        }
+        if all_tags {
+            let repo = refs[0].familiar_repository();
+            let msg = if changed {
+                format!("Status: Downloaded newer image for {repo}")
+            } else {
+                format!("Status: Image is up to date for {repo}")
+            };
+            let _ = btx
+                .send(progress::line(&progress::status(&msg, None)))
+                .await;
         }
     });
     Ok(json_stream(brx))
@@ -1257,6 +1316,11 @@ mod tests {
         assert!(pull_reference("Bad", None).is_err());
         assert!(check_platform(Some("linux/amd64")).is_ok());
         assert!(check_platform(Some("linux/arm64")).is_err());
+        assert!(names_tag_or_digest("busybox:1"));
+        assert!(names_tag_or_digest("127.0.0.1:5000/x:1"));
+        assert!(names_tag_or_digest(&format!("x@{d}")));
+        assert!(!names_tag_or_digest("127.0.0.1:5000/x"));
+        assert!(!names_tag_or_digest("busybox"));
     }
 
     #[test]
