@@ -722,7 +722,15 @@ async fn start(State(s): State<AppState>, Path(id): Path<String>) -> ApiResult<R
         return Ok(StatusCode::NOT_MODIFIED.into_response());
     }
     s.stopped_by_user.lock().expect("lock").remove(&v.config.id);
-    s.pl.start(&id).await?;
+    if let Err(e) = s.pl.start(&id).await {
+        // As dockerd: an auto-remove container that cannot start is removed (`docker run
+        // --rm` waits for that).
+        if host_config(&v).auto_remove && s.pl.remove(&v.config.id, true).await.is_ok() {
+            s.events.container(&v, "destroy", BTreeMap::new());
+            volumes::remove_anonymous(&s, &v).await;
+        }
+        return Err(e.into());
+    }
     let v = s.pl.inspect(&id)?;
     volumes::mount_events(&s, &v, "mount");
     s.events.container(&v, "start", BTreeMap::new());
