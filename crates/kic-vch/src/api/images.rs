@@ -1259,11 +1259,28 @@ async fn system_df(State(state): State<AppState>) -> ApiResult<Json<Value>> {
             "NetworkSettings": { "Networks": {} },
         }));
     }
+    let volumes: Vec<Value> = state
+        .pl
+        .volume_list()
+        .iter()
+        .map(|v| {
+            use std::os::unix::fs::MetadataExt;
+            let size = std::fs::metadata(v.disk())
+                .map(|m| m.blocks() * 512)
+                .unwrap_or(0);
+            let mut j = super::volumes::volume_json(v);
+            j["UsageData"] = json!({
+                "Size": size,
+                "RefCount": state.pl.volume_users(&v.meta.name).len(),
+            });
+            j
+        })
+        .collect();
     Ok(Json(json!({
         "LayersSize": layers.values().sum::<u64>(),
         "Images": out_images,
         "Containers": containers,
-        "Volumes": [],
+        "Volumes": volumes,
         "BuildCache": [],
     })))
 }
