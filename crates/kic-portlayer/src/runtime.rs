@@ -374,7 +374,7 @@ impl PortLayer {
                 continue;
             }
             let paths = self.inner.layout.container(&meta.id);
-            // The datastore copy is the newer one (renames update both, the file first).
+            // The datastore copy is the newer one (a rename writes only the file).
             let config = std::fs::read(paths.config())
                 .ok()
                 .and_then(|b| serde_json::from_slice::<ContainerConfig>(&b).ok())
@@ -1192,6 +1192,15 @@ impl PortLayer {
         ctr.refresh();
         let id = ctr.id();
         ctr.state.borrow().check_remove(&id, force)?;
+        let has_volumes = !ctr.config.read().expect("config lock").mounts.is_empty();
+        if ctr.state.borrow().running() && has_volumes {
+            // Volumes outlive the container: let the tether end the VM (it syncs the disks)
+            // rather than cutting it off with writes still in the guest's page cache.
+            let killed = tokio::time::timeout(Duration::from_secs(5), self.kill(&id, 9)).await;
+            if matches!(killed, Ok(Ok(()))) {
+                self.wait_not_running(&ctr, Duration::from_secs(10)).await;
+            }
+        }
         if ctr.state.borrow().running() {
             ctr.update(|s| s.stopping = true);
             self.inner.hv.destroy(&ctr.domain()).await?;
@@ -1385,8 +1394,7 @@ impl PortLayer {
         Ok(ctr.state.subscribe())
     }
 
-    /// Give a container a new name (Docker's rename). The datastore copy of the configuration
-    /// is written first, then the domain's metadata; the libvirt domain keeps its name.
+    /// Give a container a new name (Docker's rename): the datastore copy of the configuration.
     pub async fn rename(&self, name_or_id: &str, new_name: &str) -> Result<()> {
         let ctr = self.find(name_or_id)?;
         let new_name = new_name.strip_prefix('/').unwrap_or(new_name).to_string();
@@ -1418,7 +1426,9 @@ impl PortLayer {
         let config = ctr.config.read().expect("config lock").clone();
         let json = serde_json::to_vec_pretty(&config).expect("serialisable");
         write_atomic(&ctr.paths.config(), &json).map_err(io_err("write config.json"))?;
-        self.inner.hv.define(self.domain_xml(&config)).await
+        // The domain keeps its name and its metadata the old name: libvirt cannot redefine
+        // a domain under a new name, and the datastore copy, which adoption prefers, has it.
+        Ok(())
     }
 
     /// Resident memory (KiB) and CPU time (ns) of a running container's VM.

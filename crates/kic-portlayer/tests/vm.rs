@@ -633,6 +633,29 @@ async fn volumes_body() {
     .await;
     assert_eq!((code, out.as_slice()), (1, b"hi\n".as_slice()));
 
+    // A forced remove of a running container keeps what it wrote (the guest syncs first).
+    let w = pl
+        .create(req(
+            "echo kept > /data/g; echo written; sleep 300",
+            mount("data", "/data", false),
+        ))
+        .await
+        .unwrap()
+        .config
+        .id;
+    pl.start(&w).await.unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while output(&pl, &w).await.0 != b"written\n" {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the writer did not write"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    pl.remove(&w, true).await.unwrap();
+    let (out, _, _) = run(&pl, req("cat /data/g", mount("data", "/data", false))).await;
+    assert_eq!(out, b"kept\n");
+
     // A volume in use cannot be removed; two running containers cannot both write it.
     let a = pl
         .create(req("sleep 60", mount("data", "/data", false)))
