@@ -407,6 +407,12 @@ fn inspect_json(s: &AppState, v: &ContainerView) -> Value {
         o.entry("Binds").or_insert(Value::Null);
         o.entry("PortBindings").or_insert(json!({}));
         o.insert("Runtime".into(), json!("kic-vm"));
+        // Output is kept per container and read back with `docker logs`; clients (docker-py)
+        // look for a driver they know can be read back.
+        o.insert(
+            "LogConfig".into(),
+            json!({"Type": "json-file", "Config": {}}),
+        );
     }
     let dcfg = docker_part(v, "Config").cloned().unwrap_or(json!({}));
     let stdin_once = docker_part(v, "StdinOnce")
@@ -596,7 +602,11 @@ async fn list(State(s): State<AppState>, Query(q): Query<ListQuery>) -> ApiResul
             )));
         }
     }
-    let all = flag(&q.all) || q.limit.is_some_and(|l| l > 0) || !f.is_empty();
+    // As dockerd: a limit, or a filter on the exit state, looks at stopped containers too.
+    let all = flag(&q.all)
+        || q.limit.is_some_and(|l| l > 0)
+        || f.contains_key("status")
+        || f.contains_key("exited");
     let views = s.pl.list(); // newest first
     let bound = |key: &str| -> ApiResult<Option<String>> {
         match f.get(key).and_then(|v| v.first()) {
@@ -673,11 +683,14 @@ fn filters_match(
     any("status", &|x| x == v.state.status.as_str())
         && all("label", &|x| util::label_matches(&v.config.labels, x))
         && any("name", &|x| {
-            let x = x.trim_start_matches('/');
-            match regex_lite_match(x, &v.config.name) {
-                Some(m) => m,
-                None => v.config.name.contains(x),
-            }
+            // dockerd matches the pattern against the name with and without its slash.
+            let slashed = format!("/{}", v.config.name);
+            [v.config.name.as_str(), slashed.as_str()].iter().any(|n| {
+                match regex_lite_match(x, n) {
+                    Some(m) => m,
+                    None => n.contains(x),
+                }
+            })
         })
         && any("id", &|x| v.config.id.starts_with(x))
         && (f.get("ancestor").is_none()
@@ -941,6 +954,8 @@ async fn remove(
     if flag(&q.v) {
         volumes::remove_anonymous(&s, &v).await;
     }
+    // An image removed with -f while this container used it may now go.
+    super::images::collect_orphan_disks(&s).await;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
