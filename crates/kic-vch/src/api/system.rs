@@ -21,11 +21,31 @@ pub fn routes() -> Router<AppState> {
         .route("/events", get(events));
     for (path, what) in UNSUPPORTED {
         let what = *what;
-        let h = move || async move { ApiError::unsupported(what) };
+        // The request body is read (and dropped) first: a client still uploading, as
+        // `docker build` does its context, would otherwise see a broken pipe instead of the
+        // answer.
+        let h = move |body: Body| async move {
+            drain(body).await;
+            ApiError::unsupported(what)
+        };
         r = r.route(path, any(h));
         r = r.route(&format!("{path}/{{*rest}}"), any(h));
     }
     r
+}
+
+/// Read a request body to its end (at most 1 GiB or 30 s), discarding it.
+async fn drain(body: Body) {
+    use futures::StreamExt;
+    let mut st = body.into_data_stream();
+    let mut total = 0usize;
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
+    while let Ok(Some(Ok(chunk))) = tokio::time::timeout_at(deadline, st.next()).await {
+        total += chunk.len();
+        if total > 1 << 30 {
+            break;
+        }
+    }
 }
 
 /// Families of the Engine API KIC does not serve, with what they are called in the error.
