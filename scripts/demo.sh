@@ -40,7 +40,7 @@ if [ -f /var/lib/kic/vch/demo/config.json ]; then
   "$km" start demo >/dev/null 2>&1 || true
 else
   echo "==> kic-machine create --name demo"
-  (cd "$state" && "$km" create --name demo --image-store "$ds" --insecure-registry "$reg")
+  (cd "$state" && "$km" create --name demo --image-store "$ds" --volume-store "$state/volumes:default" --insecure-registry "$reg")
 fi
 envline=$(cat "$state/demo/demo.env")
 export $envline

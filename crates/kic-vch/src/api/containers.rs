@@ -2,7 +2,7 @@
 //! logs, attach, resize, top, stats; and the restart/auto-remove policies that act when a
 //! container exits.
 
-use super::stream::{self, DetachScanner};
+use super::stream::{self, DetachScanner, Input};
 use super::util::{self, flag};
 use super::volumes;
 use super::{ApiError, ApiResult, AppState};
@@ -17,7 +17,6 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
 use std::time::Duration;
-use tokio::io::AsyncReadExt;
 
 pub fn routes() -> Router<AppState> {
     Router::new()
@@ -1322,33 +1321,28 @@ async fn pump_stdin<R: tokio::io::AsyncRead + Unpin>(
     let mut buf = vec![0u8; 32 * 1024];
     let mut writer: Option<kic_portlayer::StdinWriter> = None;
     loop {
-        let n = match rd.read(&mut buf).await {
-            Ok(0) | Err(_) => 0,
-            Ok(n) => n,
-        };
-        if n == 0 {
-            if stdin_once {
-                if writer.is_none() {
-                    writer = open_stdin(pl, cid).await;
+        let (data, detached) = match scanner.next(rd, &mut buf).await {
+            Input::Data(d) => (d, false),
+            Input::Detached(d) => (d, true),
+            Input::End => {
+                if stdin_once {
+                    if writer.is_none() {
+                        writer = open_stdin(pl, cid).await;
+                    }
+                    if let Some(w) = writer.take() {
+                        let _ = w.close().await;
+                    }
                 }
-                if let Some(w) = writer.take() {
-                    let _ = w.close().await;
-                }
+                return;
             }
-            return;
-        }
-        let (data, detached) = scanner.feed(&buf[..n]);
+        };
         if !data.is_empty() {
             if writer.is_none() {
                 writer = open_stdin(pl, cid).await;
             }
-            match writer.as_mut() {
-                Some(w) => {
-                    if w.write(&data).await.is_err() {
-                        return;
-                    }
-                }
-                None => return,
+            let Some(w) = writer.as_mut() else { return };
+            if w.write(&data).await.is_err() {
+                return;
             }
         }
         if detached {

@@ -3,7 +3,7 @@
 //! dockerd; the processes themselves live in the container VM.
 
 use super::containers::tokio_stream_of;
-use super::stream::{self, DetachScanner};
+use super::stream::{self, DetachScanner, Input};
 use super::{ApiError, ApiResult, AppState};
 use axum::body::Bytes;
 use axum::extract::{Path, Query, Request, State};
@@ -16,7 +16,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 
 pub fn routes() -> Router<AppState> {
     Router::new()
@@ -273,18 +273,23 @@ async fn start(
                 let mut scanner = DetachScanner::new(keys);
                 let mut buf = vec![0u8; 32 * 1024];
                 loop {
-                    let n = rd.read(&mut buf).await.unwrap_or(0);
-                    if n == 0 {
-                        let _ = w.close().await;
-                        return;
-                    }
-                    let (data, detached) = scanner.feed(&buf[..n]);
-                    if !data.is_empty() && w.write(&data).await.is_err() {
-                        return;
-                    }
-                    if detached {
-                        let _ = detach_tx.send(());
-                        return;
+                    match scanner.next(&mut rd, &mut buf).await {
+                        Input::Data(d) => {
+                            if w.write(&d).await.is_err() {
+                                return;
+                            }
+                        }
+                        Input::Detached(d) => {
+                            if !d.is_empty() {
+                                let _ = w.write(&d).await;
+                            }
+                            let _ = detach_tx.send(());
+                            return;
+                        }
+                        Input::End => {
+                            let _ = w.close().await;
+                            return;
+                        }
                     }
                 }
             })

@@ -145,6 +145,38 @@ impl DetachScanner {
     }
 }
 
+/// What the client typed next.
+pub enum Input {
+    /// Bytes for the process (never empty).
+    Data(Vec<u8>),
+    /// The detach keys, after the bytes that came before them (maybe empty).
+    Detached(Vec<u8>),
+    /// The client's input ended (half-close, or the connection is gone).
+    End,
+}
+
+impl DetachScanner {
+    /// Read the client's next input through the scanner.
+    pub async fn next<R: tokio::io::AsyncRead + Unpin>(
+        &mut self,
+        rd: &mut R,
+        buf: &mut [u8],
+    ) -> Input {
+        use tokio::io::AsyncReadExt;
+        loop {
+            let n = rd.read(buf).await.unwrap_or(0);
+            if n == 0 {
+                return Input::End;
+            }
+            match self.feed(&buf[..n]) {
+                (data, true) => return Input::Detached(data),
+                (data, false) if !data.is_empty() => return Input::Data(data),
+                _ => {} // a partial detach sequence is held back
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -171,5 +203,28 @@ mod tests {
         // A partial match that does not complete is passed on.
         assert_eq!(s.feed(b"c"), (b"\x10c".to_vec(), false));
         assert_eq!(s.feed(b"x\x10\x10\x11rest"), (b"x\x10".to_vec(), true));
+    }
+
+    #[tokio::test]
+    async fn input_ends_or_detaches() {
+        let mut buf = [0u8; 4];
+        let mut rd: &[u8] = b"hello\x10\x11tail";
+        let mut sc = DetachScanner::new(vec![16, 17]);
+        let mut got = Vec::new();
+        loop {
+            match sc.next(&mut rd, &mut buf).await {
+                Input::Data(d) => got.extend(d),
+                Input::Detached(d) => {
+                    got.extend(d);
+                    break;
+                }
+                Input::End => panic!("the detach keys were typed"),
+            }
+        }
+        assert_eq!(got, b"hello");
+        let mut rd: &[u8] = b"ab";
+        let mut sc = DetachScanner::new(vec![16, 17]);
+        assert!(matches!(sc.next(&mut rd, &mut buf).await, Input::Data(d) if d == b"ab"));
+        assert!(matches!(sc.next(&mut rd, &mut buf).await, Input::End));
     }
 }
