@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from conftest import IS_KIC, parallel, wait_until
+from conftest import parallel, wait_until
 
 NET = ("--network", "none")
 
@@ -253,12 +253,6 @@ def test_stop_kill_restart_rm(docker):
     assert docker.out("ps", "-aq", "--filter", f"name={trap}") == ""
 
 
-@pytest.mark.xfail(
-    IS_KIC,
-    strict=True,
-    reason="known gap: in a KIC VM the tether is PID 1, so the main process is not a PID "
-    "namespace's init and dies of an unhandled SIGTERM (exit 143) instead of ignoring it",
-)
 def test_stop_of_a_main_process_without_handlers(docker):
     """The main process is PID 1 of the container: signals it has no handler for are ignored,
     so `docker stop` of a plain `sleep` waits out --time and kills (137), while SIGKILL and a

@@ -561,7 +561,25 @@ impl PortLayer {
                 }
                 n
             }
-            None => generated_name(),
+            None => {
+                // A generated name must not be one in use (there are a few hundred pairs).
+                let cs = self.inner.containers.lock().expect("containers lock");
+                let taken = |n: &str| {
+                    cs.values()
+                        .any(|c| c.config.read().expect("config lock").name == n)
+                };
+                let mut n = generated_name();
+                let mut tries = 0u32;
+                while taken(&n) {
+                    tries += 1;
+                    n = if tries < 10 {
+                        generated_name()
+                    } else {
+                        format!("{}{}", generated_name(), tries)
+                    };
+                }
+                n
+            }
         };
         let hostname = req
             .hostname

@@ -301,13 +301,8 @@ async fn exec_tty_kill_and_no_image_copy_body() {
     pl.resize(&id, Some(&p.id), 40, 100).await.unwrap();
     let (o, _, c) = p.collect().await;
     assert_eq!((String::from_utf8_lossy(&o).trim(), c), ("40 100", 0));
-    // Orphans are reaped by the tether: no zombies are left behind.
-    let p = pl
-        .exec(&id, exec(&["sh", "-c", "(sleep 0.2 &); exit 0"], false))
-        .await
-        .unwrap();
-    assert_eq!(p.collect().await.2, 0);
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    // As in Docker, the main process is PID 1 of the container's PID namespace (its `/proc`
+    // shows that namespace), and orphans of exec'd processes become its children.
     let p = pl
         .exec(
             &id,
@@ -315,15 +310,25 @@ async fn exec_tty_kill_and_no_image_copy_body() {
                 &[
                     "sh",
                     "-c",
-                    "cat /proc/[0-9]*/stat | awk '{print $3}' | grep -c Z",
+                    "(sleep 5 &); sleep 0.3; cat /proc/1/cmdline | tr '\\0' ' '; echo; \
+                     for f in /proc/[0-9]*/stat; do read -r _ comm _ ppid _ < $f; \
+                     [ \"$comm $ppid\" = \"(sleep) 1\" ] && echo adopted; done | wc -l",
                 ],
                 false,
             ),
         )
         .await
         .unwrap();
-    let (o, _, _) = p.collect().await;
-    assert_eq!(String::from_utf8_lossy(&o).trim(), "0", "zombies left");
+    let (o, _, c) = p.collect().await;
+    let o = String::from_utf8_lossy(&o);
+    let lines: Vec<&str> = o.lines().collect();
+    assert_eq!(c, 0);
+    assert_eq!(lines.first().map(|l| l.trim()), Some("sleep 600"), "{o}");
+    assert_eq!(
+        lines.get(1).map(|l| l.trim()),
+        Some("1"),
+        "orphan not adopted by PID 1: {o}"
+    );
     // stdin, explicitly closed.
     let mut p = pl
         .exec(

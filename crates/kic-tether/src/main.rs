@@ -10,6 +10,7 @@
 //! tether syncs and ends the VM.
 
 mod output;
+mod pidns;
 mod procs;
 mod session;
 mod sys;

@@ -279,9 +279,35 @@ impl Table {
         }
         let tty = spec.tty;
         let (uid, gid, groups) = (ident.uid, ident.gid, ident.groups.clone());
+        // The container's PID and mount namespaces: the main process creates them (it is their
+        // PID 1, as in Docker); later processes join them through the main process's shim.
+        let join = if id == kic_proto::MAIN_ID {
+            None
+        } else {
+            let main_pid = self
+                .procs
+                .lock()
+                .expect("proc lock")
+                .get(kic_proto::MAIN_ID)
+                .map(|p| p.pid)
+                .ok_or_else(|| spawn_err("the container's main process is not running", 126))?;
+            let open = |what: &str| {
+                std::fs::File::open(format!("/proc/{main_pid}/ns/{what}")).map_err(|e| {
+                    spawn_err(
+                        format!("cannot join the container's {what} namespace: {e}"),
+                        126,
+                    )
+                })
+            };
+            Some((open("mnt")?, open("pid_for_children")?))
+        };
+        let join_fds = join.as_ref().map(|(m, p)| (m.as_raw_fd(), p.as_raw_fd()));
+        let cwd_c = std::ffi::CString::new(cwd.clone())
+            .map_err(|_| spawn_err(format!("bad working directory {cwd:?}"), 126))?;
         // SAFETY: only async-signal-safe calls between fork and exec.
         unsafe {
             cmd.pre_exec(move || {
+                crate::pidns::enter(join_fds, &cwd_c)?;
                 if libc::setsid() < 0 {
                     return Err(std::io::Error::last_os_error());
                 }
@@ -313,6 +339,7 @@ impl Table {
         })?;
         let pid = child.id() as i32;
         drop(child); // reaped by the SIGCHLD loop, not by std
+        drop(join);
         drop(cmd); // closes our copies of the child's ends
         for (fd, buf) in pumps {
             tokio::spawn(output::pump(fd, buf, exited_rx.clone()));

@@ -39,10 +39,12 @@ pub fn top() -> Response {
         .unwrap_or_default();
     pids.sort();
     let hz = clock_ticks();
+    // The tether's shims (one per process, see pidns.rs) carry the tether's own command line.
+    let tether = fs::read("/proc/1/cmdline").unwrap_or_default();
     for pid in pids.into_iter().filter(|p| *p != 1) {
         let cmdline = fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-        if cmdline.is_empty() {
-            continue; // kernel thread
+        if cmdline.is_empty() || cmdline == tether {
+            continue; // kernel thread, or a shim
         }
         let cmd = String::from_utf8_lossy(&cmdline)
             .trim_end_matches('\0')
