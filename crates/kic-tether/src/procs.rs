@@ -281,33 +281,41 @@ impl Table {
         let (uid, gid, groups) = (ident.uid, ident.gid, ident.groups.clone());
         // The container's PID and mount namespaces: the main process creates them (it is their
         // PID 1, as in Docker); later processes join them through the main process's shim.
-        let join = if id == kic_proto::MAIN_ID {
-            None
-        } else {
-            let main_pid = self
-                .procs
-                .lock()
-                .expect("proc lock")
-                .get(kic_proto::MAIN_ID)
-                .map(|p| p.pid)
-                .ok_or_else(|| spawn_err("the container's main process is not running", 126))?;
-            let open = |what: &str| {
-                std::fs::File::open(format!("/proc/{main_pid}/ns/{what}")).map_err(|e| {
-                    spawn_err(
-                        format!("cannot join the container's {what} namespace: {e}"),
-                        126,
-                    )
-                })
-            };
-            Some((open("mnt")?, open("pid_for_children")?))
+        // The container's PID and mount namespaces: the main process creates them (it is their
+        // PID 1, as in Docker); later processes join them through the main process's shim.
+        // Without a main process (the unit tests) processes run in the tether's namespaces.
+        let is_main = id == kic_proto::MAIN_ID;
+        let main_pid = self
+            .procs
+            .lock()
+            .expect("proc lock")
+            .get(kic_proto::MAIN_ID)
+            .filter(|p| p.exit.is_none())
+            .map(|p| p.pid);
+        let join = match main_pid {
+            Some(main_pid) if !is_main => {
+                let open = |what: &str| {
+                    std::fs::File::open(format!("/proc/{main_pid}/ns/{what}")).map_err(|e| {
+                        spawn_err(
+                            format!("cannot join the container's {what} namespace: {e}"),
+                            126,
+                        )
+                    })
+                };
+                Some((open("mnt")?, open("pid_for_children")?))
+            }
+            _ => None,
         };
+        let use_ns = is_main || join.is_some();
         let join_fds = join.as_ref().map(|(m, p)| (m.as_raw_fd(), p.as_raw_fd()));
         let cwd_c = std::ffi::CString::new(cwd.clone())
             .map_err(|_| spawn_err(format!("bad working directory {cwd:?}"), 126))?;
         // SAFETY: only async-signal-safe calls between fork and exec.
         unsafe {
             cmd.pre_exec(move || {
-                crate::pidns::enter(join_fds, &cwd_c)?;
+                if use_ns {
+                    crate::pidns::enter(join_fds, &cwd_c)?;
+                }
                 if libc::setsid() < 0 {
                     return Err(std::io::Error::last_os_error());
                 }
