@@ -1373,10 +1373,11 @@ async fn open_stdin(
     None
 }
 
+/// `?h=&w=` of the container and exec resize routes.
 #[derive(Deserialize)]
-struct ResizeQuery {
-    h: Option<u16>,
-    w: Option<u16>,
+pub(super) struct ResizeQuery {
+    pub h: Option<u16>,
+    pub w: Option<u16>,
 }
 
 async fn resize(

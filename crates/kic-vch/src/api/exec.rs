@@ -2,7 +2,7 @@
 //! detached), then inspected for their exit code. They live in the endpoint's memory, as in
 //! dockerd; the processes themselves live in the container VM.
 
-use super::containers::tokio_stream_of;
+use super::containers::{tokio_stream_of, ResizeQuery};
 use super::stream::{self, DetachScanner, Input};
 use super::{ApiError, ApiResult, AppState};
 use axum::body::Bytes;
@@ -360,12 +360,6 @@ async fn inspect(State(s): State<AppState>, Path(id): Path<String>) -> ApiResult
         "DetachKeys": "",
         "Pid": 0,
     })))
-}
-
-#[derive(Deserialize)]
-struct ResizeQuery {
-    h: Option<u16>,
-    w: Option<u16>,
 }
 
 async fn resize(
