@@ -22,6 +22,13 @@ use cli::{Cli, Cmd};
 
 fn main() {
     let cli = Cli::parse();
+    if !matches!(cli.cmd, Cmd::Supervise(_)) {
+        // A CLI whose reader went away (`kic-machine inspect x | head`) ends quietly, as
+        // coreutils do, instead of panicking on the next println!. The supervisor keeps
+        // the ignored SIGPIPE: it must outlive whatever read its output.
+        // SAFETY: called before any thread exists; SIG_DFL is a valid disposition.
+        unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
+    }
     util::start_clock();
     // Absolute: the supervisor runs in the VCH's directory and gets this path.
     let root = match util::absolute(&cli.state_root) {
