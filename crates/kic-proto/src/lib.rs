@@ -83,6 +83,25 @@ pub struct ContainerSpec {
     /// Volumes: extra disks (ext4) mounted into the container before its main process starts.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub mounts: Vec<VolumeMount>,
+    /// Network interfaces, configured before the main process starts; the first is `eth0`.
+    /// Loopback is always up.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub interfaces: Vec<NetInterface>,
+}
+
+/// One virtio-net device of the VM and the address the container has on it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NetInterface {
+    /// The device's MAC address (`02:42:ac:10:00:02`): how the tether finds it.
+    pub mac: String,
+    /// The name the container sees (`eth0`, `eth1`, ...).
+    pub name: String,
+    /// IPv4 address with its prefix length: `172.16.0.2/16`.
+    pub address: String,
+    /// Default route through this gateway (set on at most one interface).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gateway: Option<String>,
 }
 
 /// One volume disk to mount inside the container.
