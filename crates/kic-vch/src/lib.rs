@@ -11,4 +11,5 @@
 
 pub mod api;
 pub mod config;
+pub mod net;
 pub mod server;
