@@ -622,6 +622,7 @@ impl PortLayer {
                     copy_up: !m.no_copy && !m.read_only,
                 })
                 .collect(),
+            interfaces: Vec::new(),
         };
         let domain = format!("kic-{}-{}-{}", self.inner.cfg.vch, name, &id[..12]);
         check_mount_targets(&req.mounts)?;
