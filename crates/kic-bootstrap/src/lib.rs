@@ -27,10 +27,12 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 /// Bumped when the layout of what this crate writes changes.
-const BUILDER_VERSION: &str = "3";
+const BUILDER_VERSION: &str = "4";
 
-/// Device modules the tether loads first, in order (dependencies come first automatically).
-pub const DEFAULT_MODULES: &[&str] = &["virtio_pci", "virtio_console", "virtio_blk"];
+/// Device modules the tether loads first, in order (dependencies come first automatically:
+/// `virtio_net` brings `net_failover` and `failover`). `virtio_pci` stays first: the others
+/// bind to the devices it finds.
+pub const DEFAULT_MODULES: &[&str] = &["virtio_pci", "virtio_console", "virtio_blk", "virtio_net"];
 
 /// Filesystem modules, loaded by a second thread at the same time as the device modules (they
 /// share no dependencies); the container's disk is mounted once both are done.
@@ -519,6 +521,18 @@ kernel/drivers/block/virtio_blk.ko: kernel/drivers/virtio/virtio.ko kernel/drive
         let inputs = BuildInputs::new(&tether);
         let a = build(&d.path().join("boot"), &inputs).unwrap();
         assert!(a.manifest.version.starts_with(&release));
+        // The network driver comes with its dependencies, after them, and after virtio_pci.
+        let pos = |m: &str| {
+            a.manifest
+                .modules
+                .iter()
+                .position(|p| p.ends_with(&format!("/{m}.ko")))
+                .unwrap_or_else(|| panic!("{m} missing from {:?}", a.manifest.modules))
+        };
+        assert!(pos("failover") < pos("net_failover"));
+        assert!(pos("net_failover") < pos("virtio_net"));
+        assert!(pos("virtio_pci") < pos("virtio_net"));
+        assert!(pos("virtio_blk") < pos("virtio_net"));
         let k = fs::read(&a.kernel).unwrap();
         assert!(k.starts_with(b"\x7fELF"));
         let mtime = fs::metadata(&a.initrd).unwrap().modified().unwrap();
