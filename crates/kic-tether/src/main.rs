@@ -9,6 +9,7 @@
 //! into it and starts the main process. When the host has stored the main process's exit, the
 //! tether syncs and ends the VM.
 
+mod net;
 mod output;
 mod pidns;
 mod procs;

@@ -1,4 +1,5 @@
-//! Turning a freshly booted VM into the container: pseudo filesystems, modules, the root disk.
+//! Turning a freshly booted VM into the container: pseudo filesystems, modules, the network
+//! (`net`), the root disk.
 
 use kic_proto::ContainerSpec;
 use nix::mount::{mount, MsFlags};
@@ -175,6 +176,8 @@ fn write_file(path: &str, content: &str) -> Result<(), String> {
 
 /// Mount the container's root disk, give it `/proc`, `/sys`, `/dev`, and move the tether into it.
 pub fn enter_container(spec: &ContainerSpec) -> Result<(), String> {
+    crate::net::configure(&spec.interfaces)?;
+    milestone("network configured");
     BACKGROUND_MODULES.wait()?;
     let root = "/mnt/root";
     let dev = spec.root_device.as_str();
