@@ -122,6 +122,10 @@ pub struct CreateArgs {
     /// A volume store `PATH:label` (repeatable; the label `default` is docker's default).
     #[arg(long, value_name = "PATH:LABEL")]
     pub volume_store: Vec<String>,
+    /// Private range container networks take their subnets from (the default `bridge`
+    /// network is its first block; they live in the VCH's own network namespace).
+    #[arg(long, value_name = "CIDR", default_value = "172.16.0.0/12", value_parser = parse_bridge_range)]
+    pub bridge_network_range: String,
     /// Memory limit of the VCH (all its containers): MiB, or with a unit (4GiB).
     #[arg(long)]
     pub memory: Option<String>,
@@ -339,6 +343,26 @@ pub fn tls_mode(a: &CreateArgs) -> TlsMode {
 }
 
 /// `PATH:label` (the label defaults to `default`); PATH is made absolute.
+/// An IPv4 CIDR of /24 or larger, normalised (`172.16.1.0/12` → `172.16.0.0/12`).
+pub fn parse_bridge_range(s: &str) -> std::result::Result<String, String> {
+    let (addr, len) = s
+        .split_once('/')
+        .ok_or_else(|| format!("{s} is not a CIDR such as 172.16.0.0/12"))?;
+    let addr: std::net::Ipv4Addr = addr
+        .parse()
+        .map_err(|_| format!("{s}: {addr} is not an IPv4 address"))?;
+    let len: u32 = len
+        .parse()
+        .ok()
+        .filter(|l| (1..=24).contains(l))
+        .ok_or_else(|| format!("{s}: the prefix length must be 1 to 24"))?;
+    let mask = u32::MAX << (32 - len);
+    Ok(format!(
+        "{}/{len}",
+        std::net::Ipv4Addr::from(u32::from(addr) & mask)
+    ))
+}
+
 pub fn parse_volume_store(s: &str) -> Result<(String, PathBuf)> {
     let (path, label) = match s.rsplit_once(':') {
         Some((p, l)) if !l.contains('/') => (p, l),
@@ -443,6 +467,7 @@ pub fn build_config(a: &CreateArgs, p: &Plan) -> Result<VchConfig> {
         datastore: p.store_dir.join(&a.name),
         image_store: a.image_store.clone(),
         volume_stores,
+        bridge_network_range: Some(a.bridge_network_range.clone()),
         endpoint: Endpoint {
             tcp: p.tcp.map(|t| t.to_string()),
             socket: Some(v.socket()),
@@ -490,6 +515,13 @@ pub fn create_flags(c: &VchConfig, m: &MachineMeta) -> Vec<String> {
     }
     for (label, path) in &c.volume_stores {
         add("--volume-store", format!("{}:{label}", path.display()));
+    }
+    if let Some(r) = c
+        .bridge_network_range
+        .as_deref()
+        .filter(|r| *r != "172.16.0.0/12")
+    {
+        add("--bridge-network-range", r.to_string());
     }
     if let Some(tcp) = &c.endpoint.tcp {
         add("--endpoint", tcp.clone());

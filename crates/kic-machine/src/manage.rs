@@ -211,6 +211,11 @@ pub fn inspect(root: &Path, a: &InspectArgs) -> Result<()> {
         println!("  Volume store:       {l}: {}", p.display());
     }
     println!(
+        "  Bridge networks:    {} (namespace kic-{})",
+        c.bridge_network_range.as_deref().unwrap_or("172.16.0.0/12"),
+        c.name
+    );
+    println!(
         "  Limits:             memory {}, vCPUs {}, containers {}",
         limit(c.limits.memory_mib, " MiB"),
         limit(c.limits.cpus, ""),
@@ -624,6 +629,7 @@ pub fn delete(root: &Path, a: &DeleteArgs) -> Result<()> {
     if supervise::stop(&v)? {
         info!("Stopped the endpoint");
     }
+    remove_networks(name);
     if let Some(pool) = &m.pool {
         if let Err(e) = libvirt::remove_pool(&c.target, pool) {
             warn!("could not remove libvirt storage pool {pool}: {e:#}");
@@ -657,6 +663,28 @@ pub fn delete(root: &Path, a: &DeleteArgs) -> Result<()> {
     info!("Certificates kept in {}", m.cert_path.display());
     info!("Completed successfully");
     Ok(())
+}
+
+/// The VCH's network namespace (its bridges and uplink go with it) and its table in the
+/// host's firewall, as kic-vch made them (`kic_portlayer::network`).
+fn remove_networks(name: &str) {
+    let ns = format!("kic-{name}");
+    if std::path::Path::new("/run/netns").join(&ns).exists() {
+        match std::process::Command::new("ip")
+            .args(["netns", "del", &ns])
+            .status()
+        {
+            Ok(s) if s.success() => info!("Removed network namespace {ns}"),
+            _ => {
+                warn!("could not remove network namespace {ns}: remove it with `ip netns del {ns}`")
+            }
+        }
+    }
+    let table = format!("kic_{}", name.replace(['-', '.'], "_"));
+    let _ = std::process::Command::new("nft")
+        .args(["delete", "table", "ip", &table])
+        .stderr(std::process::Stdio::null())
+        .status();
 }
 
 fn cname(c: &Value) -> String {

@@ -43,6 +43,9 @@ pub struct ContainerConfig {
     /// Volumes attached as extra disks, in disk order (`vdb`, `vdc`, ...).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub mounts: Vec<Mount>,
+    /// The networks the container joins at start, in NIC order (none: loopback only).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub networks: Vec<crate::network::EndpointRequest>,
 }
 
 /// A volume attached to a container.
@@ -106,6 +109,10 @@ pub struct ContainerState {
     /// Set by `stop`/`kill` so an abnormal VM end is not reported as a crash.
     #[serde(default)]
     pub stopping: bool,
+    /// Addresses of the current (or last) run, one per network of the config; they count as
+    /// taken only while the container runs.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub net: Vec<crate::network::Attachment>,
 }
 
 impl ContainerState {
@@ -122,6 +129,7 @@ impl ContainerState {
             main_started: false,
             restart_count: 0,
             stopping: false,
+            net: Vec::new(),
         }
     }
 

@@ -24,6 +24,27 @@ pub struct DomainSpec<'a> {
     pub metadata: &'a str,
     /// Volume disks (raw), attached as `vdb`, `vdc`, ... in this order.
     pub volumes: &'a [VolumeDisk<'a>],
+    /// Network interfaces (virtio-net on a tap device libvirt creates), in guest order.
+    pub nics: &'a [Nic<'a>],
+}
+
+/// One NIC of the domain.
+pub struct Nic<'a> {
+    pub mac: &'a str,
+    /// The tap device's name on the host side (at most 15 bytes).
+    pub tap: &'a str,
+}
+
+fn nics(v: &[Nic]) -> String {
+    v.iter()
+        .map(|n| {
+            format!(
+                "    <interface type='ethernet'>\n      <mac address='{}'/>\n      <target dev='{}' managed='yes'/>\n      <model type='virtio'/>\n    </interface>\n",
+                escape(n.mac),
+                escape(n.tap)
+            )
+        })
+        .collect()
 }
 
 /// One volume's disk in the domain.
@@ -154,7 +175,7 @@ pub fn domain_xml(s: &DomainSpec) -> String {
       <source file='{disk}'/>
       <target dev='vda' bus='virtio'/>
     </disk>
-{volumes}    <channel type='unix'>
+{volumes}{nics}    <channel type='unix'>
       <source mode='bind' path='{socket}'/>
       <target type='virtio' name='{channel}'/>
     </channel>
@@ -183,6 +204,7 @@ pub fn domain_xml(s: &DomainSpec) -> String {
         console = p(s.console),
         channel = kic_proto::CHANNEL_NAME,
         volumes = volume_disks(s.volumes),
+        nics = nics(s.nics),
     )
 }
 
@@ -229,6 +251,10 @@ mod tests {
                     read_only: true,
                 },
             ],
+            nics: &[Nic {
+                mac: "02:42:ac:10:00:02",
+                tap: "kt0123456789a0",
+            }],
         });
         assert!(x.starts_with("<domain type='qemu'>"));
         assert!(x.contains("<source file='/vs/volumes/a/disk.raw'/>\n      <target dev='vdb' bus='virtio'/>\n      <serial>kicvol0</serial>\n    </disk>"));
@@ -236,5 +262,6 @@ mod tests {
         assert!(x.contains("<target type='virtio' name='org.kic.tether.0'/>"));
         assert!(!x.contains("host-passthrough"));
         assert!(x.contains("name='rdrand'"));
+        assert!(x.contains("<mac address='02:42:ac:10:00:02'/>\n      <target dev='kt0123456789a0' managed='yes'/>\n      <model type='virtio'/>"));
     }
 }

@@ -11,6 +11,8 @@ pub enum Kind {
     Conflict,
     /// The request itself is wrong (400).
     Invalid,
+    /// Not allowed on this object at all, e.g. removing a pre-defined network (403).
+    Forbidden,
     /// A limit or a dependency refuses for now (503).
     Unavailable,
     /// Anything else (500).

@@ -23,12 +23,14 @@ pub mod kvm;
 pub mod layout;
 pub mod libvirt;
 pub mod logfile;
+pub mod network;
 pub mod runtime;
 pub mod tether;
 pub mod volumes;
 
 pub use container::{ContainerConfig, ContainerState, Mount, Status};
 pub use error::{Error, Kind, Result};
+pub use network::{Attachment, EndpointRequest, NetworkConfig, NetworkCreate, NetworkSetup};
 pub use runtime::{
     parse_signal, Config, ContainerView, CreateRequest, ExecProcess, MountRequest, PortLayer,
     StdinWriter,

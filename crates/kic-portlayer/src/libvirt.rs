@@ -99,6 +99,43 @@ impl Hypervisor {
         .await
     }
 
+    /// Start a defined domain with its vCPUs paused (see [`Hypervisor::resume`]).
+    pub async fn start_paused(&self, name: &str) -> Result<()> {
+        let (c, n) = (self.conn.clone(), name.to_string());
+        blocking(move || {
+            Self::lookup(&c, &n)?
+                .create_with_flags(virt::sys::VIR_DOMAIN_START_PAUSED)
+                .map(|_| ())
+                .map_err(|e| lv(&format!("start domain {n} paused"), e))
+        })
+        .await
+    }
+
+    pub async fn resume(&self, name: &str) -> Result<()> {
+        let (c, n) = (self.conn.clone(), name.to_string());
+        blocking(move || {
+            Self::lookup(&c, &n)?
+                .resume()
+                .map(|_| ())
+                .map_err(|e| lv(&format!("resume domain {n}"), e))
+        })
+        .await
+    }
+
+    /// The QEMU process of a running domain (local libvirt only): its network namespace
+    /// holds the tap devices libvirt made for it.
+    pub fn qemu_pid(&self, name: &str) -> Result<u32> {
+        let p = format!("/run/libvirt/qemu/{name}.pid");
+        std::fs::read_to_string(&p)
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+            .ok_or_else(|| {
+                Error::unavailable(format!(
+                    "cannot read the QEMU pid of domain {name} from {p}: container networks need libvirt on this host (qemu:///system)"
+                ))
+            })
+    }
+
     /// Power the VM off at once; fine if it is not running.
     pub async fn destroy(&self, name: &str) -> Result<()> {
         let (c, n) = (self.conn.clone(), name.to_string());

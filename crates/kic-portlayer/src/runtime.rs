@@ -5,11 +5,15 @@
 use crate::container::{
     now_rfc3339, valid_name, ContainerConfig, ContainerState, Mount, Status, CONFIG_VERSION,
 };
-use crate::domain::{domain_xml, DomainSpec, VolumeDisk, MAX_VOLUMES};
+use crate::domain::{domain_xml, DomainSpec, Nic, VolumeDisk, MAX_VOLUMES};
 use crate::error::{Error, Kind, Result};
 use crate::layout::{ContainerPaths, Layout, SOCKET_DIR};
 use crate::libvirt::Hypervisor;
 use crate::logfile::{LogReader, LogRecord, LogWriter};
+use crate::network::{
+    mac_for, Attachment, EndpointRequest, NetworkConfig, NetworkCreate, NetworkSetup, Networks,
+    Plumbing,
+};
 use crate::tether::Session;
 use crate::volumes::{Volume, VolumeCreate, VolumeStores};
 use futures::FutureExt;
@@ -43,6 +47,8 @@ pub struct Config {
     pub extra_kernel_args: String,
     /// Volume stores by label (`default` is the default store).
     pub volume_stores: BTreeMap<String, PathBuf>,
+    /// Container networks (`None`: containers get loopback only).
+    pub network: Option<NetworkSetup>,
 }
 
 impl Config {
@@ -60,6 +66,7 @@ impl Config {
                 .unwrap_or(1),
             extra_kernel_args: String::new(),
             volume_stores: BTreeMap::new(),
+            network: None,
         }
     }
 }
@@ -85,6 +92,8 @@ pub struct CreateRequest {
     pub extra: serde_json::Value,
     /// Volumes to attach; each must exist (see [`PortLayer::volume_create`]).
     pub mounts: Vec<MountRequest>,
+    /// Networks to join, by name or ID in `network_id` (empty: loopback only).
+    pub networks: Vec<EndpointRequest>,
 }
 
 /// A volume to mount into a new container.
@@ -131,12 +140,20 @@ struct Inner {
     /// Held while volumes are created or removed, containers referencing them are created, and
     /// while a container's volumes are checked at start.
     volume_lock: tokio::sync::Mutex<()>,
+    networks: Option<Networks>,
+    /// Held while addresses are handed out and while networks are removed.
+    net_lock: tokio::sync::Mutex<()>,
 }
 
 /// The port layer. Cheap to clone.
 #[derive(Clone)]
 pub struct PortLayer {
     inner: Arc<Inner>,
+}
+
+/// A new 64-hex-digit ID (containers, networks, endpoints).
+pub(crate) fn random_id() -> String {
+    random_hex(32)
 }
 
 fn random_hex(bytes: usize) -> String {
@@ -327,10 +344,30 @@ impl PortLayer {
         let hv = Hypervisor::connect(&cfg.libvirt_uri, &boot).await?;
         let images = kic_image::ImageStore::open(layout.images())?;
         let volumes = VolumeStores::new(cfg.volume_stores.clone());
+        let networks = match cfg.network.clone() {
+            Some(setup) => {
+                let ds = layout.root().to_path_buf();
+                Some(
+                    tokio::task::spawn_blocking(move || {
+                        let n = Networks::open(&ds, setup)?;
+                        n.plumb()?;
+                        Ok::<_, Error>(n)
+                    })
+                    .await
+                    .map_err(|e| Error::internal(e.to_string()))?
+                    .map_err(|e| {
+                        Error::unavailable(format!("container networks: {}", e.message))
+                    })?,
+                )
+            }
+            None => None,
+        };
         let pl = PortLayer {
             inner: Arc::new(Inner {
                 volumes,
                 volume_lock: tokio::sync::Mutex::new(()),
+                networks,
+                net_lock: tokio::sync::Mutex::new(()),
                 cfg,
                 layout,
                 hv,
@@ -448,6 +485,315 @@ impl PortLayer {
     }
 
     /// The VCH's volume stores.
+    /// The VCH's network setup, when containers get networks.
+    pub fn network_setup(&self) -> Option<&NetworkSetup> {
+        self.inner.networks.as_ref().map(|n| &n.setup)
+    }
+
+    fn networks(&self) -> Result<&Networks> {
+        self.inner.networks.as_ref().ok_or_else(|| {
+            Error::unavailable(
+                "this VCH has no container networks (its endpoint runs without a bridge network)",
+            )
+        })
+    }
+
+    pub fn network_list(&self) -> Vec<NetworkConfig> {
+        self.inner
+            .networks
+            .as_ref()
+            .map(|n| n.list())
+            .unwrap_or_default()
+    }
+
+    /// By name, ID or unique ID prefix.
+    pub fn network_find(&self, key: &str) -> Result<NetworkConfig> {
+        self.networks()?.find(key)
+    }
+
+    pub async fn network_create(&self, req: NetworkCreate) -> Result<NetworkConfig> {
+        self.networks()?;
+        let _g = self.inner.net_lock.lock().await;
+        let pl = self.clone();
+        tokio::task::spawn_blocking(move || pl.networks()?.create(req))
+            .await
+            .map_err(|e| Error::internal(e.to_string()))?
+    }
+
+    /// Running containers with an address on network `id`: (container, its attachment).
+    pub fn network_endpoints(&self, id: &str) -> Vec<(ContainerView, Attachment)> {
+        self.list()
+            .into_iter()
+            .filter(|v| v.state.status == Status::Running)
+            .filter_map(|v| {
+                let a = v.state.net.iter().find(|a| a.network_id == id)?.clone();
+                Some((v, a))
+            })
+            .collect()
+    }
+
+    /// Remove a network nobody runs on; containers merely configured for it keep the
+    /// reference (their next start fails, as in Docker).
+    pub async fn network_remove(&self, key: &str) -> Result<NetworkConfig> {
+        let n = self.network_find(key)?;
+        let _g = self.inner.net_lock.lock().await;
+        let active = self.network_endpoints(&n.id);
+        if let Some((v, _)) = active.first() {
+            return Err(Error::new(
+                Kind::Forbidden,
+                format!(
+                    "error while removing network: network {} has active endpoints (name:\"{}\" id:\"{}\")",
+                    n.name,
+                    v.config.name,
+                    &v.config.id[..12]
+                ),
+            ));
+        }
+        let (pl, n2) = (self.clone(), n.clone());
+        tokio::task::spawn_blocking(move || pl.networks()?.remove(&n2))
+            .await
+            .map_err(|e| Error::internal(e.to_string()))??;
+        Ok(n)
+    }
+
+    /// Network names or IDs of a create request resolved to IDs, with Docker's checks.
+    fn resolve_endpoints(&self, reqs: &[EndpointRequest]) -> Result<Vec<EndpointRequest>> {
+        if reqs.is_empty() {
+            return Ok(Vec::new());
+        }
+        let nets = self.networks()?;
+        if reqs.len() > 10 {
+            return Err(Error::invalid("a container can be on at most 10 networks"));
+        }
+        let mut out: Vec<EndpointRequest> = Vec::new();
+        for r in reqs {
+            let n = nets.find(&r.network_id)?;
+            if out.iter().any(|o| o.network_id == n.id) {
+                return Err(Error::conflict(format!(
+                    "container is already connected to network {}",
+                    n.name
+                )));
+            }
+            if n.builtin && !r.aliases.is_empty() {
+                return Err(Error::invalid(
+                    "network-scoped alias is supported only for containers in user defined networks",
+                ));
+            }
+            if let Some(ip) = r.ipv4 {
+                if !n.user_subnet {
+                    return Err(Error::invalid(
+                        "user specified IP address is supported only when connecting to networks with user configured subnets",
+                    ));
+                }
+                if !n.subnet.contains(&ip) {
+                    return Err(Error::invalid(format!(
+                        "invalid IPv4 address {ip}: it is not in network {}'s subnet {}",
+                        n.name, n.subnet
+                    )));
+                }
+            }
+            for l in &r.links {
+                if l.split(':').next().unwrap_or("").is_empty() {
+                    return Err(Error::invalid(format!(
+                        "invalid link {l:?}: expected name:alias"
+                    )));
+                }
+            }
+            out.push(EndpointRequest {
+                network_id: n.id,
+                ..r.clone()
+            });
+        }
+        Ok(out)
+    }
+
+    /// Addresses for a starting container, one per network of its config.
+    fn allocate(&self, id: &str, c: &ContainerConfig) -> Result<Vec<Attachment>> {
+        if c.networks.is_empty() {
+            return Ok(Vec::new());
+        }
+        let nets = self.networks()?;
+        let mut out = Vec::new();
+        for (i, e) in c.networks.iter().enumerate() {
+            let n = nets.by_id(&e.network_id).ok_or_else(|| {
+                Error::new(
+                    Kind::NotFound,
+                    format!("network {} not found", e.network_id),
+                )
+            })?;
+            let used = self
+                .network_endpoints(&n.id)
+                .into_iter()
+                .filter(|(v, _)| v.config.id != id)
+                .map(|(_, a)| a.ip)
+                .collect();
+            let ip = nets.allocate(&n, e.ipv4, &used)?;
+            out.push(Attachment {
+                network_id: n.id.clone(),
+                ip,
+                prefix_len: n.subnet.prefix_len(),
+                gateway: n.gateway,
+                mac: mac_for(ip),
+                tap: format!("kt{}{i}", &id[..11]),
+                endpoint_id: random_id(),
+            });
+        }
+        Ok(out)
+    }
+
+    /// Boot the VM paused, put its NICs on their bridges, then let it run.
+    async fn start_networked(&self, c: &ContainerConfig, net: &[Attachment]) -> Result<()> {
+        let hv = &self.inner.hv;
+        hv.define(self.domain_xml_with(c, net)).await?;
+        hv.start_paused(&c.domain).await?;
+        let plumbed = async {
+            let pid = hv.qemu_pid(&c.domain)?;
+            let nets = self.networks()?;
+            let mut taps = Vec::new();
+            for a in net {
+                let n = nets.by_id(&a.network_id).ok_or_else(|| {
+                    Error::new(
+                        Kind::NotFound,
+                        format!("network {} not found", a.network_id),
+                    )
+                })?;
+                taps.push((a.tap.clone(), n.bridge));
+            }
+            let setup = nets.setup.clone();
+            tokio::task::spawn_blocking(move || {
+                let p = Plumbing(&setup);
+                taps.iter()
+                    .try_for_each(|(tap, br)| p.attach_tap(pid, tap, br))
+            })
+            .await
+            .map_err(|e| Error::internal(e.to_string()))??;
+            hv.resume(&c.domain).await
+        }
+        .await;
+        if plumbed.is_err() {
+            let _ = hv.destroy(&c.domain).await;
+        }
+        plumbed
+    }
+
+    /// What the tether gets at start: the create-time spec plus this run's addresses, the
+    /// hosts file that names them, and the VCH's DNS responder on the first network.
+    fn run_spec(&self, c: &ContainerConfig, net: &[Attachment]) -> ContainerSpec {
+        let mut spec = c.spec.clone();
+        if net.is_empty() {
+            return spec;
+        }
+        spec.interfaces = net
+            .iter()
+            .enumerate()
+            .map(|(i, a)| kic_proto::NetInterface {
+                mac: a.mac.clone(),
+                name: format!("eth{i}"),
+                address: format!("{}/{}", a.ip, a.prefix_len),
+                gateway: (i == 0).then(|| a.gateway.to_string()),
+            })
+            .collect();
+        let mut hosts = spec.hosts.clone();
+        hosts.push_str(&format!("{}\t{}\n", net[0].ip, spec.hostname));
+        // Legacy links: the linked container's address under the alias, as Docker writes it.
+        for (e, a) in c.networks.iter().zip(net) {
+            for l in &e.links {
+                let (name, alias) = l.split_once(':').unwrap_or((l, l));
+                let target = self
+                    .network_endpoints(&a.network_id)
+                    .into_iter()
+                    .find(|(v, _)| v.config.name == name.trim_start_matches('/'));
+                if let Some((v, t)) = target {
+                    let alias = alias.rsplit('/').next().unwrap_or(alias);
+                    hosts.push_str(&format!(
+                        "{}\t{} {} {}\n",
+                        t.ip,
+                        alias,
+                        &v.config.id[..12],
+                        v.config.name
+                    ));
+                }
+            }
+        }
+        spec.hosts = hosts;
+        spec.resolv_conf = Some(format!("nameserver {}\noptions ndots:0\n", net[0].gateway));
+        spec
+    }
+
+    /// Add a network to a container that is not running (it gets its address at start).
+    pub async fn network_connect(&self, name_or_id: &str, req: EndpointRequest) -> Result<()> {
+        let ctr = self.find(name_or_id)?;
+        let n = self.network_find(&req.network_id)?;
+        let _g = self.inner.net_lock.lock().await;
+        ctr.refresh();
+        let running = ctr.state.borrow().status == Status::Running;
+        {
+            let c = ctr.config.read().expect("config lock");
+            if c.networks.iter().any(|e| e.network_id == n.id) {
+                return Err(Error::new(
+                    Kind::Forbidden,
+                    format!(
+                        "endpoint with name {} already exists in network {}",
+                        c.name, n.name
+                    ),
+                ));
+            }
+        }
+        if running {
+            return Err(Error::conflict(format!(
+                "KIC cannot connect a running container to a network yet: stop {name_or_id} first, connect it to {}, and start it again",
+                n.name
+            )));
+        }
+        let mut all = ctr.config.read().expect("config lock").networks.clone();
+        all.push(EndpointRequest {
+            network_id: n.id.clone(),
+            ..req
+        });
+        let all = self.resolve_endpoints(&all)?;
+        ctr.config.write().expect("config lock").networks = all;
+        self.save_config(&ctr)
+    }
+
+    /// Take a network away from a container that is not running.
+    pub async fn network_disconnect(&self, name_or_id: &str, network: &str) -> Result<()> {
+        let ctr = self.find(name_or_id)?;
+        let n = self.network_find(network)?;
+        let _g = self.inner.net_lock.lock().await;
+        ctr.refresh();
+        let name = ctr.config.read().expect("config lock").name.clone();
+        if !ctr
+            .config
+            .read()
+            .expect("config lock")
+            .networks
+            .iter()
+            .any(|e| e.network_id == n.id)
+        {
+            return Err(Error::new(
+                Kind::Forbidden,
+                format!("container {name} is not connected to network {}", n.name),
+            ));
+        }
+        if ctr.state.borrow().status == Status::Running {
+            return Err(Error::conflict(format!(
+                "KIC cannot disconnect a running container from a network yet: stop {name} first"
+            )));
+        }
+        ctr.config
+            .write()
+            .expect("config lock")
+            .networks
+            .retain(|e| e.network_id != n.id);
+        self.save_config(&ctr)
+    }
+
+    fn save_config(&self, ctr: &Ctr) -> Result<()> {
+        let config = ctr.config.read().expect("config lock").clone();
+        let json = serde_json::to_vec_pretty(&config).expect("serialisable");
+        write_atomic(&ctr.paths.config(), &json).map_err(io_err("write config.json"))
+    }
+
     pub fn volume_stores(&self) -> &VolumeStores {
         &self.inner.volumes
     }
@@ -646,6 +992,7 @@ impl PortLayer {
             domain: domain.clone(),
             extra: req.extra.clone(),
             mounts: Vec::new(),
+            networks: self.resolve_endpoints(&req.networks)?,
         };
         let paths = self.inner.layout.container(&id);
         // Volumes are looked up and the container reserved under the volume lock, so a volume
@@ -729,6 +1076,17 @@ impl PortLayer {
     }
 
     fn domain_xml(&self, c: &ContainerConfig) -> String {
+        self.domain_xml_with(c, &[])
+    }
+
+    fn domain_xml_with(&self, c: &ContainerConfig, net: &[Attachment]) -> String {
+        let nics: Vec<Nic> = net
+            .iter()
+            .map(|a| Nic {
+                mac: &a.mac,
+                tap: &a.tap,
+            })
+            .collect();
         let p = self.inner.layout.container(&c.id);
         let boot_dir = self.inner.layout.bootstrap().join(&c.boot_version);
         let meta = serde_json::to_string(c).expect("serialisable");
@@ -762,6 +1120,7 @@ impl PortLayer {
             console: &p.console(),
             metadata: &meta,
             volumes: &volumes,
+            nics: &nics,
         })
     }
 
@@ -777,6 +1136,10 @@ impl PortLayer {
             ))
         })?;
         let config = ctr.config.read().expect("config lock").clone();
+        // Addresses are handed out under the network lock, and taken once the state says
+        // running (below), so two starts never get the same one.
+        let net_guard = self.inner.net_lock.lock().await;
+        let net = self.allocate(&id, &config)?;
         // Checked and marked running under the volume lock: two starts cannot both pass.
         let volume_guard = self.inner.volume_lock.lock().await;
         self.check_volumes_free(&config)?;
@@ -797,11 +1160,13 @@ impl PortLayer {
             s.log_base = log_base;
             s.main_started = false;
             s.stopping = false;
+            s.net = net.clone();
             if was_started {
                 s.restart_count += 1;
             }
         });
         drop(volume_guard);
+        drop(net_guard);
         let _ = std::fs::remove_file(ctr.paths.socket());
         // The boot image may have been rebuilt (upgrade): boot the version this container uses
         // if it still exists, else the current one.
@@ -818,7 +1183,12 @@ impl PortLayer {
             self.inner.hv.define(self.domain_xml(&c)).await?;
         }
         tracing::debug!("container {id}: starting domain {}", config.domain);
-        if let Err(e) = self.inner.hv.start(&config.domain).await {
+        let started = if net.is_empty() {
+            self.inner.hv.start(&config.domain).await
+        } else {
+            self.start_networked(&config, &net).await
+        };
+        if let Err(e) = started {
             ctr.update(|s| {
                 s.status = Status::Exited;
                 s.exit_code = Some(128);
@@ -922,7 +1292,10 @@ impl PortLayer {
                 ctr.update(|s| s.boot_id = Some(b));
             }
             if !session.started {
-                let spec = ctr.config.read().expect("config lock").spec.clone();
+                let spec = self.run_spec(
+                    &ctr.config.read().expect("config lock"),
+                    &ctr.state.borrow().net,
+                );
                 match session
                     .request(Request::Start {
                         spec: Box::new(spec),
@@ -1442,9 +1815,7 @@ impl PortLayer {
             }
             c.name = new_name;
         }
-        let config = ctr.config.read().expect("config lock").clone();
-        let json = serde_json::to_vec_pretty(&config).expect("serialisable");
-        write_atomic(&ctr.paths.config(), &json).map_err(io_err("write config.json"))?;
+        self.save_config(&ctr)?;
         // The domain keeps its name and its metadata the old name: libvirt cannot redefine
         // a domain under a new name, and the datastore copy, which adoption prefers, has it.
         Ok(())

@@ -76,6 +76,10 @@ pub struct VchConfig {
     /// Volume stores by label (`default` is the default store).
     #[serde(default)]
     pub volume_stores: BTreeMap<String, PathBuf>,
+    /// Where container networks take their subnets from (`None`: 172.16.0.0/12); the
+    /// default `bridge` network is its first block.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bridge_network_range: Option<String>,
     pub endpoint: Endpoint,
     #[serde(default)]
     pub limits: Limits,

@@ -4,7 +4,7 @@
 
 use super::stream::{self, DetachScanner, Input};
 use super::util::{self, flag};
-use super::volumes;
+use super::{networks, volumes};
 use super::{ApiError, ApiResult, AppState};
 use axum::body::{Body, Bytes};
 use axum::extract::{Path, Query, Request, State};
@@ -166,19 +166,24 @@ async fn create(
         &config_volumes,
         &image_volumes,
     )?;
-    if hc.port_bindings.as_ref().is_some_and(|p| !p.is_empty()) || hc.publish_all_ports {
-        return Err(ApiError::new(
-            StatusCode::NOT_IMPLEMENTED,
-            "published ports are not supported by KIC yet: containers have no network (use --network none)",
+    let endpoints: BTreeMap<String, networks::EndpointConfig> = raw
+        .pointer("/NetworkingConfig/EndpointsConfig")
+        .filter(|v| !v.is_null())
+        .map(|v| serde_json::from_value(v.clone()))
+        .transpose()
+        .map_err(|e| ApiError::bad_request(format!("invalid NetworkingConfig: {e}")))?
+        .unwrap_or_default();
+    let nets = networks::create_endpoints(
+        &s,
+        &hc.network_mode,
+        &endpoints,
+        hc.links.as_deref().unwrap_or(&[]),
+    )?;
+    let publishes = hc.port_bindings.as_ref().is_some_and(|p| !p.is_empty());
+    if nets.is_empty() && publishes {
+        return Err(ApiError::bad_request(
+            "conflicting options: port publishing and the container type network mode",
         ));
-    }
-    match hc.network_mode.as_str() {
-        "" | "default" | "bridge" | "none" => {}
-        other => {
-            return Err(ApiError::not_found(format!(
-                "network {other} not found (KIC has no container networks yet; use --network none)"
-            )))
-        }
     }
     let policy = hc.restart_policy.clone().unwrap_or_default();
     match policy.name.as_str() {
@@ -251,6 +256,7 @@ async fn create(
         stop_timeout: b.stop_timeout.filter(|t| *t >= 0).map(|t| t as u64),
         extra,
         mounts: Vec::new(),
+        networks: nets,
     };
     if let Some(n) = &req.name {
         // Refuse a taken name before anything else, as dockerd does.
@@ -366,13 +372,8 @@ fn command_line(v: &ContainerView) -> String {
     v.config.spec.main.args.join(" ")
 }
 
-fn list_json(v: &ContainerView) -> Value {
-    let hc = host_config(v);
-    let mode = if hc.network_mode.is_empty() {
-        "none".to_string()
-    } else {
-        hc.network_mode.clone()
-    };
+fn list_json(s: &AppState, v: &ContainerView) -> Value {
+    let mode = networks::network_mode(s, v);
     json!({
         "Id": v.config.id,
         "Names": [format!("/{}", v.config.name)],
@@ -380,12 +381,12 @@ fn list_json(v: &ContainerView) -> Value {
         "ImageID": image_id(v),
         "Command": command_line(v),
         "Created": util::unix_of(Some(&v.config.created)),
-        "Ports": [],
+        "Ports": crate::net::ctl::ports_list_json(s, v),
         "Labels": v.config.labels,
         "State": v.state.status.as_str(),
         "Status": status_text(v),
         "HostConfig": {"NetworkMode": mode},
-        "NetworkSettings": {"Networks": {}},
+        "NetworkSettings": {"Networks": networks::list_networks_json(s, v)},
         "Mounts": volumes::mounts_json(v),
     })
 }
@@ -399,7 +400,7 @@ fn inspect_json(s: &AppState, v: &ContainerView) -> Value {
         o.insert("Memory".into(), json!((c.memory_mib as i64) * MIB));
         let nano = hc_raw.get("NanoCpus").and_then(Value::as_i64).unwrap_or(0);
         o.insert("NanoCpus".into(), json!(nano));
-        o.entry("NetworkMode").or_insert(json!("none"));
+        o.insert("NetworkMode".into(), json!(networks::network_mode(s, v)));
         o.entry("RestartPolicy")
             .or_insert(json!({"Name": "no", "MaximumRetryCount": 0}));
         o.entry("AutoRemove").or_insert(json!(false));
@@ -486,17 +487,7 @@ fn inspect_json(s: &AppState, v: &ContainerView) -> Value {
             "StopSignal": signal_name(c.stop_signal),
             "StopTimeout": c.stop_timeout,
         },
-        "NetworkSettings": {
-            "Bridge": "",
-            "SandboxID": "",
-            "Ports": {},
-            "SandboxKey": "",
-            "Gateway": "",
-            "IPAddress": "",
-            "IPPrefixLen": 0,
-            "MacAddress": "",
-            "Networks": {},
-        },
+        "NetworkSettings": networks::settings_json(s, v, crate::net::ctl::ports_json(s, v)),
         "KIC": {
             "VCH": c.vch,
             "Domain": c.domain,
@@ -639,7 +630,7 @@ async fn list(State(s): State<AppState>, Query(q): Query<ListQuery>) -> ApiResul
         if since.as_ref().is_some_and(|b| v.config.created <= *b) {
             continue;
         }
-        let mut j = list_json(&v);
+        let mut j = list_json(&s, &v);
         if flag(&q.size) {
             j["SizeRw"] = json!(disk_usage(&s, &v.config.id));
             j["SizeRootFs"] = json!(0);
@@ -734,14 +725,14 @@ async fn start(State(s): State<AppState>, Path(id): Path<String>) -> ApiResult<R
         return Ok(StatusCode::NOT_MODIFIED.into_response());
     }
     s.stopped_by_user.lock().expect("lock").remove(&v.config.id);
-    if let Err(e) = s.pl.start(&id).await {
+    if let Err(e) = crate::net::ctl::start(&s, &id).await {
         // As dockerd: an auto-remove container that cannot start is removed (`docker run
         // --rm` waits for that).
         if host_config(&v).auto_remove && s.pl.remove(&v.config.id, true).await.is_ok() {
             s.events.container(&v, "destroy", BTreeMap::new());
             volumes::remove_anonymous(&s, &v).await;
         }
-        return Err(e.into());
+        return Err(e);
     }
     let v = s.pl.inspect(&id)?;
     volumes::mount_events(&s, &v, "mount");
@@ -846,7 +837,7 @@ async fn restart(
     // The exit must be stored before the next boot.
     s.pl.settle(&v.config.id, Duration::from_secs(10)).await;
     s.stopped_by_user.lock().expect("lock").remove(&v.config.id);
-    s.pl.start(&v.config.id).await?;
+    crate::net::ctl::start(&s, &v.config.id).await?;
     let v = s.pl.inspect(&v.config.id)?;
     s.events.container(&v, "start", BTreeMap::new());
     s.events.container(&v, "restart", BTreeMap::new());
@@ -949,6 +940,7 @@ async fn remove(
         s.events.container(&v, "kill", a);
     }
     s.pl.remove(&v.config.id, force).await?;
+    s.net.container_stopped(&s, &v.config.id);
     s.events.container(&v, "destroy", BTreeMap::new());
     if flag(&q.v) {
         volumes::remove_anonymous(&s, &v).await;
@@ -1549,6 +1541,7 @@ pub fn watch_container(s: &AppState, id: &str) {
                 continue;
             }
             was_running = false;
+            s.net.container_stopped(&s, &id);
             let Ok(v) = s.pl.inspect(&id) else { return };
             let mut a = BTreeMap::new();
             a.insert("exitCode".into(), st.exit_code.unwrap_or(0).to_string());
@@ -1586,7 +1579,7 @@ pub fn watch_container(s: &AppState, id: &str) {
                     if s2.stopped_by_user.lock().expect("lock").contains(&id2) {
                         return;
                     }
-                    match s2.pl.start(&id2).await {
+                    match crate::net::ctl::start(&s2, &id2).await {
                         Ok(()) => {
                             if let Ok(v) = s2.pl.inspect(&id2) {
                                 s2.events.container(&v, "start", BTreeMap::new());

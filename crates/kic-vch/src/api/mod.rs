@@ -5,6 +5,7 @@ pub mod containers;
 pub mod events;
 pub mod exec;
 pub mod images;
+pub mod networks;
 pub mod stream;
 pub mod system;
 pub mod util;
@@ -33,6 +34,8 @@ pub struct AppState {
     /// (dockerd's "manually stopped").
     pub stopped_by_user: Arc<std::sync::Mutex<std::collections::HashSet<String>>>,
     pub execs: exec::Execs,
+    /// Published ports and DNS responders.
+    pub net: Arc<crate::net::ctl::NetCtl>,
 }
 
 impl AppState {
@@ -45,6 +48,7 @@ impl AppState {
             create_lock: Default::default(),
             stopped_by_user: Default::default(),
             execs: Default::default(),
+            net: Default::default(),
         }
     }
 }
@@ -76,6 +80,10 @@ impl ApiError {
     }
     pub fn internal(m: impl Into<String>) -> Self {
         Self::new(StatusCode::INTERNAL_SERVER_ERROR, m)
+    }
+    /// 501 with the whole message given.
+    pub fn not_implemented(m: impl Into<String>) -> Self {
+        Self::new(StatusCode::NOT_IMPLEMENTED, m)
     }
     /// What KIC does not do, said plainly (501).
     pub fn unsupported(what: &str) -> Self {
@@ -112,6 +120,7 @@ impl From<kic_portlayer::Error> for ApiError {
             Kind::NotFound => StatusCode::NOT_FOUND,
             Kind::Conflict => StatusCode::CONFLICT,
             Kind::Invalid => StatusCode::BAD_REQUEST,
+            Kind::Forbidden => StatusCode::FORBIDDEN,
             Kind::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
             Kind::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         };
@@ -133,6 +142,7 @@ pub fn router(state: AppState) -> Router {
         .merge(exec::routes())
         .merge(images::routes())
         .merge(volumes::routes())
+        .merge(networks::routes())
         .fallback(|| async { ApiError::not_found("page not found") })
         .with_state(state)
 }

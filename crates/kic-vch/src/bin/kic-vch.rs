@@ -62,6 +62,10 @@ async fn run(cfg: VchConfig) -> anyhow::Result<()> {
     pl_cfg.default_vcpus = cfg.container_cpus;
     pl_cfg.extra_kernel_args = cfg.kernel_args.clone();
     pl_cfg.volume_stores = cfg.volume_stores.clone();
+    pl_cfg.network = Some(
+        kic_portlayer::NetworkSetup::for_vch(&cfg.name, cfg.bridge_network_range.as_deref())
+            .map_err(|e| anyhow::anyhow!("bridge network range: {e}"))?,
+    );
     let pl = kic_portlayer::PortLayer::open(pl_cfg)
         .await
         .map_err(|e| anyhow::anyhow!("cannot open the port layer: {e}"))?;
@@ -71,6 +75,7 @@ async fn run(cfg: VchConfig) -> anyhow::Result<()> {
         pl.boot_version()
     );
     let state = kic_vch::api::AppState::new(pl, Arc::new(cfg.clone()));
+    state.net.init(&state).await;
     kic_vch::api::containers::start_policies(&state).await;
     let app = kic_vch::api::router(state.clone());
     let unix = match &cfg.endpoint.socket {

@@ -2,6 +2,7 @@
 //! kic-vch (sockets opened inside it), the per-network DNS responder, and the userland proxy
 //! that publishes container ports.
 
+pub mod ctl;
 pub mod dns;
 pub mod netns;
 pub mod proxy;
