@@ -380,11 +380,12 @@ fn configure_in(
         return Ok(());
     }
     let current = wait_for_devices(sys_class_net, &plans, wait)?;
-    // Rename through temporary names, so that devices the kernel named in another order
-    // (the device for eth1 came up as eth0) can swap names.
+    // A device whose current name another one wants moves to a temporary name first, so that
+    // devices the kernel named in another order (the device for eth1 came up as eth0) can swap.
+    // In the usual case (the kernel's order is the wanted one) nothing is renamed at all.
     let mut names = current.clone();
     for (i, (p, cur)) in plans.iter().zip(&current).enumerate() {
-        if *cur != p.name {
+        if *cur != p.name && plans.iter().any(|q| q.name == *cur) {
             let tmp = format!("kicnet{i}");
             ctl.rename(cur, &tmp).map_err(|e| {
                 format!(
@@ -661,9 +662,12 @@ mod tests {
                 .expect("mount sysfs");
             let net = sys.0.join("class/net");
             sh_in("ip link add eth0 address 02:42:ac:11:00:02 type veth peer name eth1 address 02:42:ac:10:00:02");
+            // And one whose kernel name is wanted by nobody: renamed directly.
+            sh_in("ip link add foo0 address 02:42:ac:12:00:02 type veth peer name foo1");
             let ifaces = [
                 iface("02:42:ac:10:00:02", "eth0", "172.16.0.2/16", Some("172.16.0.1")),
                 iface("02:42:AC:11:00:02", "eth1", "172.17.0.9/24", None),
+                iface("02:42:ac:12:00:02", "eth2", "10.1.2.3/8", None),
             ];
             configure_in(&net, &ifaces, Duration::from_secs(2)).unwrap();
             let lo = sh_in("ip -4 -o addr show dev lo");
@@ -676,16 +680,20 @@ mod tests {
             assert!(eth1.contains("inet 172.17.0.9/24 brd 172.17.0.255"), "{eth1}");
             let link = sh_in("ip -o link show eth1");
             assert!(link.contains("02:42:ac:11:00:02"), "{link}");
+            let eth2 = sh_in("ip -4 -o addr show dev eth2");
+            assert!(eth2.contains("inet 10.1.2.3/8 brd 10.255.255.255"), "{eth2}");
+            let links = sh_in("ip -o link show");
+            assert!(!links.contains("foo0") && !links.contains("kicnet"), "{links}");
             let route = sh_in("ip route show default");
             assert!(route.contains("default via 172.16.0.1 dev eth0"), "{route}");
             // A device that never comes is named in the error.
             let e = configure_in(
                 &net,
-                &[iface("02:42:ac:12:00:02", "eth2", "172.18.0.2/16", None)],
+                &[iface("02:42:ac:13:00:02", "eth3", "172.18.0.2/16", None)],
                 Duration::from_millis(50),
             )
             .unwrap_err();
-            assert!(e.contains("MAC 02:42:ac:12:00:02"), "{e}");
+            assert!(e.contains("MAC 02:42:ac:13:00:02"), "{e}");
             nix::mount::umount(&sys.0).expect("umount sysfs");
         })
         .join()
