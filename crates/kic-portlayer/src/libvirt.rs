@@ -78,9 +78,24 @@ impl Hypervisor {
         Domain::lookup_by_name(conn, name).map_err(|e| lv(&format!("look up domain {name}"), e))
     }
 
+    /// Define a domain, or redefine an existing one of the same name (keeping its UUID, which
+    /// libvirt requires).
     pub async fn define(&self, xml: String) -> Result<()> {
         let c = self.conn.clone();
         blocking(move || {
+            let mut xml = xml;
+            if !xml.contains("<uuid>") {
+                let name = xml
+                    .split_once("<name>")
+                    .and_then(|(_, r)| r.split_once("</name>"))
+                    .map(|(n, _)| n.to_string());
+                if let Some(uuid) = name
+                    .and_then(|n| Domain::lookup_by_name(&c, &n).ok())
+                    .and_then(|d| d.get_uuid_string().ok())
+                {
+                    xml = xml.replacen("</name>", &format!("</name>\n  <uuid>{uuid}</uuid>"), 1);
+                }
+            }
             Domain::define_xml(&c, &xml)
                 .map(|_| ())
                 .map_err(|e| lv("define domain", e))

@@ -590,6 +590,15 @@ impl Plumbing<'_> {
     /// The namespace with loopback, forwarding, and the uplink to the host.
     pub fn namespace(&self) -> Result<()> {
         let s = self.0;
+        if s.netns_path().exists() && !self.exists("lo") {
+            // A name without a namespace behind it: left by a mount namespace that has ended
+            // (`ip netns add` run under `ip netns exec`).
+            let _ = Command::new("ip")
+                .args(["netns", "del", &s.netns])
+                .stderr(std::process::Stdio::null())
+                .status();
+            let _ = std::fs::remove_file(s.netns_path());
+        }
         if !s.netns_path().exists() {
             run(Command::new("ip").args(["netns", "add", &s.netns]), None)?;
         }
@@ -679,11 +688,18 @@ impl Plumbing<'_> {
     /// internal, nothing routed between bridges.
     pub fn firewall(&self, nets: &[NetworkConfig]) -> Result<()> {
         let mut out = String::new();
-        for n in nets.iter().filter(|n| !n.internal) {
+        for n in nets {
+            // Traffic within one bridge passes this hook too where br_netfilter is loaded.
             out.push_str(&format!(
-                "    iifname \"{}\" oifname \"{UPLINK}\" accept\n",
-                n.bridge
+                "    iifname \"{b}\" oifname \"{b}\" accept\n",
+                b = n.bridge
             ));
+            if !n.internal {
+                out.push_str(&format!(
+                    "    iifname \"{}\" oifname \"{UPLINK}\" accept\n",
+                    n.bridge
+                ));
+            }
         }
         let rules = format!(
             "table ip kic\ndelete table ip kic\ntable ip kic {{\n  chain postrouting {{\n    type nat hook postrouting priority srcnat; policy accept;\n    oifname \"{UPLINK}\" masquerade\n  }}\n  chain forward {{\n    type filter hook forward priority filter; policy drop;\n    ct state established,related accept\n{out}  }}\n}}\n"

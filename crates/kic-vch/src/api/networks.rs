@@ -477,6 +477,15 @@ pub fn create_endpoints(
         ));
     }
     let primary = s.pl.network_find(mode)?;
+    // The CLI keys the mode's endpoint by the mode as given (`default` too).
+    let endpoints: BTreeMap<String, EndpointConfig> = endpoints
+        .iter()
+        .map(|(k, e)| {
+            let k = if k == "default" { DEFAULT_NETWORK } else { k };
+            (k.to_string(), e.clone())
+        })
+        .collect();
+    let endpoints = &endpoints;
     // The mode's network first (it is eth0 and holds the default route), then the others.
     let mut out = Vec::new();
     let key_of = |k: &str| s.pl.network_find(k).map(|n| n.id);
