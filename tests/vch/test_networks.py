@@ -1,0 +1,356 @@
+"""Networks: the VCH's bridge network, published ports (-p/-P) on the VCH's address and loopback,
+user-defined networks with DNS (names, aliases, links) and isolation, --network none, outbound
+NAT, and a docker-compose app whose services find each other by name.
+
+On KIC every network is a bridge inside the VCH's own network namespace; ports are published
+by the endpoint's userland proxy. Everything here runs inside the test's network namespace
+(tests/vch/run.sh); containers are reached through its loopback only."""
+
+import json
+import secrets
+import socket
+import subprocess
+import threading
+
+import pytest
+
+from conftest import HERE, IS_KIC, _pull_as, free_port, sh, t, wait_until
+
+pytestmark = [pytest.mark.timeout(900), pytest.mark.kic_only]
+
+HTTP_GET = 'printf "GET /{path} HTTP/1.0\\r\\n\\r\\n" | nc -w 5 {host} 80 | tail -n 1'
+
+
+@pytest.fixture(scope="module")
+def nd(request, tmpdir_session):
+    """A VCH of its own (networks and a default volume store), busybox present."""
+    factory = request.getfixturevalue("vch_factory")
+    vch, d = factory(["--volume-store", f"{tmpdir_session}/nvs:default"])
+    _pull_as(d, "library/busybox", "busybox:latest")
+    yield d
+
+
+def http(port, path="hostname", timeout=3):
+    """GET http://127.0.0.1:port/path through the test namespace's loopback; None if refused."""
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
+            s.sendall(f"GET /{path} HTTP/1.0\r\n\r\n".encode())
+            data = b""
+            while True:
+                b = s.recv(65536)
+                if not b:
+                    break
+                data += b
+        return data.decode(errors="replace")
+    except OSError:
+        return None
+
+
+def httpd(d, name, *extra, port_args=()):
+    """A busybox httpd serving /etc (so /hostname is the container's hostname)."""
+    d.ok("run", "-d", "--name", name, *port_args, *extra, "busybox", "httpd", "-f", "-p", "80", "-h", "/etc")
+
+
+def rm(d, *names):
+    d("rm", "-f", *names, timeout=120)
+
+
+def test_published_port_answers_and_is_released(nd):
+    name, port = nd.name("web"), free_port()
+    try:
+        httpd(nd, name, port_args=("-p", f"{port}:80"))
+        cid = nd.inspect(name, "{{.Id}}")
+        body = wait_until("the published port to answer", lambda: (http(port) or "").endswith(cid[:12] + "\n") and http(port), 60)
+        assert "200 OK" in body
+        assert nd.out("port", name) == f"80/tcp -> 0.0.0.0:{port}"
+        ports = json.loads(nd.inspect(name, "{{json .NetworkSettings.Ports}}"))
+        assert ports == {"80/tcp": [{"HostIp": "0.0.0.0", "HostPort": str(port)}]}, ports
+        ps = nd.out("ps", "--filter", f"name={name}", "--format", "{{.Ports}}")
+        assert ps == f"0.0.0.0:{port}->80/tcp", ps
+        nd.ok("stop", "-t", "1", name)
+        assert http(port) is None, "the port still answers after stop"
+        assert json.loads(nd.inspect(name, "{{json .NetworkSettings.Ports}}")) == {}
+        # Started again, it publishes again.
+        nd.ok("start", name)
+        wait_until("the port to answer after start", lambda: http(port), 60)
+    finally:
+        rm(nd, name)
+    assert http(port) is None
+
+
+def test_port_clash_fails_the_start_with_dockers_message(nd):
+    a, b, port = nd.name("clash"), nd.name("clash"), free_port()
+    try:
+        httpd(nd, a, port_args=("-p", f"{port}:80"))
+        r = nd("run", "-d", "--name", b, "-p", f"{port}:80", "busybox", "true")
+        assert r.rc != 0
+        assert f"Bind for 0.0.0.0:{port} failed: port is already allocated" in r.err, r.err
+        assert "driver failed programming external connectivity on endpoint " + b in r.err, r.err
+        assert nd.inspect(b, "{{.State.Status}}") == "created"
+        # A port some other program holds.
+        other = free_port()
+        with socket.socket() as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            s.bind(("0.0.0.0", other))
+            s.listen()
+            r = nd("run", "--rm", "-p", f"{other}:80", "busybox", "true")
+            assert r.rc != 0
+            assert f"listen tcp4 0.0.0.0:{other}: bind: address already in use" in r.err, r.err
+    finally:
+        rm(nd, a, b)
+
+
+def test_random_host_ports_and_publish_all(nd):
+    a, b = nd.name("rnd"), nd.name("all")
+    try:
+        httpd(nd, a, port_args=("-p", "80"))
+        hp = int(nd.out("port", a, "80/tcp").rsplit(":", 1)[1])
+        wait_until("the random port to answer", lambda: http(hp), 60)
+        httpd(nd, b, "--expose", "80", "--expose", "81/udp", port_args=("-P",))
+        ports = json.loads(nd.inspect(b, "{{json .NetworkSettings.Ports}}"))
+        assert set(ports) == {"80/tcp", "81/udp"}, ports
+        assert all(int(v[0]["HostPort"]) > 0 for v in ports.values()), ports
+        hp = int(ports["80/tcp"][0]["HostPort"])
+        wait_until("the -P port to answer", lambda: http(hp), 60)
+    finally:
+        rm(nd, a, b)
+
+
+def test_udp_port(nd):
+    name, port = nd.name("udp"), free_port()
+    try:
+        nd.ok("run", "-d", "--name", name, "-p", f"{port}:9999/udp", "busybox",
+              "sh", "-c", "while true; do nc -u -l -p 9999 -w 1 -e echo pong; done")
+
+        def pong():
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+                s.settimeout(1)
+                s.sendto(b"ping\n", ("127.0.0.1", port))
+                try:
+                    return b"pong" in s.recv(100)
+                except OSError:
+                    return False
+        wait_until("a UDP answer through the published port", pong, 60)
+    finally:
+        rm(nd, name)
+
+
+def test_inspect_shows_addresses_and_network_mode(nd):
+    name = nd.name("insp")
+    try:
+        nd.ok("run", "-d", "--name", name, "busybox", "sleep", "600")
+        ns = json.loads(nd.inspect(name, "{{json .NetworkSettings}}"))
+        assert nd.inspect(name, "{{.HostConfig.NetworkMode}}") == "bridge"
+        br = ns["Networks"]["bridge"]
+        assert br["IPAddress"].startswith("172.16.") and br["IPPrefixLen"] == 16, br
+        assert br["Gateway"] == "172.16.0.1"
+        octets = [int(x) for x in br["IPAddress"].split(".")]
+        assert br["MacAddress"] == "02:42:" + ":".join(f"{o:02x}" for o in octets)
+        assert ns["IPAddress"] == br["IPAddress"] and ns["Gateway"] == br["Gateway"]
+        assert br["NetworkID"] == json.loads(nd.out("network", "inspect", "bridge"))[0]["Id"]
+        # The guest has exactly that address on eth0, and loopback.
+        addr = nd.out("exec", name, "ip", "-o", "-4", "addr")
+        assert any(ln.split()[1] == "eth0" and f"{br['IPAddress']}/16" in ln for ln in addr.splitlines()), addr
+        assert "127.0.0.1/8" in addr
+        net = json.loads(nd.out("network", "inspect", "bridge"))[0]
+        cid = nd.inspect(name, "{{.Id}}")
+        assert net["Containers"][cid]["IPv4Address"] == br["IPAddress"] + "/16", net["Containers"]
+        nd.ok("stop", "-t", "1", name)
+        assert nd.inspect(name, "{{.NetworkSettings.Networks.bridge.IPAddress}}") == ""
+    finally:
+        rm(nd, name)
+
+
+def test_network_none_has_loopback_only(nd):
+    out = nd.out("run", "--rm", "--network", "none", "busybox", "ip", "-o", "link")
+    assert "lo" in out and "eth0" not in out, out
+    r = nd("run", "--rm", "--network", "none", "-p", "80", "busybox", "true")
+    assert r.rc != 0 and "conflicting options" in r.err, r.err
+
+
+def test_user_networks_names_aliases_links_and_isolation(nd):
+    n1, n2 = f"kn1-{secrets.token_hex(2)}", f"kn2-{secrets.token_hex(2)}"
+    a1, a2, b1, lk = nd.name("a"), nd.name("a"), nd.name("b"), nd.name("lk")
+    try:
+        nd.ok("network", "create", n1)
+        nd.ok("network", "create", "--subnet", "10.77.0.0/24", "--gateway", "10.77.0.254", n2)
+        httpd(nd, a1, "--network", n1, "--network-alias", "svc")
+        httpd(nd, a2, "--network", n1, "--network-alias", "svc")
+        httpd(nd, b1, "--network", n2)
+        ip_a1 = json.loads(nd.inspect(a1, "{{json .NetworkSettings.Networks}}"))[n1]["IPAddress"]
+        ip_a2 = json.loads(nd.inspect(a2, "{{json .NetworkSettings.Networks}}"))[n1]["IPAddress"]
+        ip_b1 = json.loads(nd.inspect(b1, "{{json .NetworkSettings.Networks}}"))[n2]["IPAddress"]
+        assert ip_b1.startswith("10.77.0."), ip_b1
+        assert ip_a1 != ip_a2
+        id_a1 = nd.inspect(a1, "{{.Id}}")[:12]
+        script = "; ".join([
+            f"nslookup {a1} | tail -n 2",
+            "nslookup svc | grep Address | tail -n 2",
+            HTTP_GET.format(path="hostname", host=a1),
+            HTTP_GET.format(path="hostname", host="svc"),
+        ])
+        out = nd.out("run", "--rm", "--network", n1, "busybox", "sh", "-c", script, timeout=120)
+        assert f"Address: {ip_a1}" in out, out
+        assert ip_a2 in out, out
+        assert id_a1 in out, out
+        # --link: the alias resolves for the linking container.
+        out = nd.out("run", "--rm", "--name", lk, "--network", n1, "--link", f"{a2}:db", "busybox", "sh", "-c",
+                     "nslookup db | tail -n 2; " + HTTP_GET.format(path="hostname", host="db"), timeout=120)
+        assert f"Address: {ip_a2}" in out and nd.inspect(a2, "{{.Id}}")[:12] in out, out
+        # From the other network: neither the name nor the address.
+        r = nd("run", "--rm", "--network", n2, "busybox", "sh", "-c",
+               f"nslookup {a1} || echo NO-NAME; " + HTTP_GET.format(path="hostname", host=ip_a1) + " || true; echo END",
+               timeout=120)
+        assert "NO-NAME" in r.out and id_a1 not in r.out and "END" in r.out, r
+        # The second network's containers resolve theirs.
+        out = nd.out("run", "--rm", "--network", n2, "busybox", "nslookup", b1)
+        assert f"Address: {ip_b1}" in out, out
+    finally:
+        rm(nd, a1, a2, b1, lk)
+        nd("network", "rm", n1, n2)
+
+
+def test_network_create_ls_inspect_rm_prune(nd):
+    n = f"knet-{secrets.token_hex(2)}"
+    c = nd.name("user")
+    try:
+        nid = nd.out("network", "create", "--subnet", "10.88.0.0/16", "--gateway", "10.88.0.1",
+                     "--ip-range", "10.88.5.0/24", "--label", "team=kic", n)
+        net = json.loads(nd.out("network", "inspect", n))[0]
+        assert net["Id"] == nid and net["Driver"] == "bridge" and net["Scope"] == "local"
+        assert net["IPAM"]["Config"] == [{"Subnet": "10.88.0.0/16", "Gateway": "10.88.0.1", "IPRange": "10.88.5.0/24"}]
+        assert net["Labels"] == {"team": "kic"}
+        names = nd.out("network", "ls", "--format", "{{.Name}}").split()
+        assert {"bridge", "none", n} <= set(names), names
+        assert nd.out("network", "ls", "-q", "--filter", "label=team=kic") == nid[:12]
+        assert nd.out("network", "ls", "--filter", "type=custom", "--format", "{{.Name}}").split().count("bridge") == 0
+        r = nd("network", "create", n)
+        assert r.rc != 0 and f"network with name {n} already exists" in r.err, r.err
+        r = nd("network", "create", "--subnet", "10.88.1.0/24", n + "x")
+        assert r.rc != 0 and "overlaps" in r.err, r.err
+        r = nd("network", "rm", "bridge")
+        assert r.rc != 0 and "bridge is a pre-defined network and cannot be removed" in r.err, r.err
+        r = nd("network", "inspect", "no-such-net")
+        assert r.rc != 0 and "network no-such-net not found" in r.err, r.err
+        nd.ok("run", "-d", "--name", c, "--network", n, "--ip", "10.88.5.77", "busybox", "sleep", "600")
+        assert json.loads(nd.inspect(c, "{{json .NetworkSettings.Networks}}"))[n]["IPAddress"] == "10.88.5.77"
+        r = nd("network", "rm", n)
+        assert r.rc != 0 and "has active endpoints" in r.err, r.err
+        # prune keeps networks in use and the built-in ones.
+        assert n not in nd.out("network", "prune", "-f")
+        rm(nd, c)
+        out = nd.out("network", "prune", "-f")
+        assert n in out, out
+        assert n not in nd.out("network", "ls", "--format", "{{.Name}}").split()
+    finally:
+        rm(nd, c)
+        nd("network", "rm", n)
+
+
+def test_connect_and_disconnect_a_stopped_container(nd):
+    n = f"kcn-{secrets.token_hex(2)}"
+    c = nd.name("conn")
+    try:
+        nd.ok("network", "create", n)
+        nd.ok("create", "--name", c, "busybox", "sleep", "600")
+        nd.ok("network", "connect", "--alias", "extra", n, c)
+        r = nd("network", "connect", n, c)
+        assert r.rc != 0 and "already exists in network" in r.err, r.err
+        nd.ok("start", c)
+        nets = json.loads(nd.inspect(c, "{{json .NetworkSettings.Networks}}"))
+        assert set(nets) == {"bridge", n} and nets[n]["IPAddress"], nets
+        links = nd.out("exec", c, "ip", "-o", "-4", "addr")
+        assert nets["bridge"]["IPAddress"] in links and nets[n]["IPAddress"] in links, links
+        r = nd("network", "disconnect", n, c)
+        assert r.rc != 0 and "stop" in r.err, r.err
+        nd.ok("stop", "-t", "1", c)
+        nd.ok("network", "disconnect", n, c)
+        assert set(json.loads(nd.inspect(c, "{{json .NetworkSettings.Networks}}"))) == {"bridge"}
+    finally:
+        rm(nd, c)
+        nd("network", "rm", n)
+
+
+def uplink_address():
+    """The host side of the VCH's uplink in this namespace (169.254.x.1)."""
+    out = sh(["ip", "-o", "-4", "addr"]).out
+    addrs = [ln.split()[3].split("/")[0] for ln in out.splitlines() if " kicu" in ln]
+    return addrs
+
+
+def test_outbound_nat_reaches_the_vch_host(nd):
+    """A container reaches a server on the host side of the VCH (masqueraded at the uplink)."""
+    port = free_port()
+    seen = []
+    srv = socket.socket()
+    srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    srv.bind(("0.0.0.0", port))
+    srv.listen()
+    srv.settimeout(t(120))
+
+    def serve():
+        try:
+            conn, peer = srv.accept()
+            seen.append(peer[0])
+            conn.sendall(b"hello-from-host\n")
+            conn.close()
+        except OSError:
+            pass
+    th = threading.Thread(target=serve, daemon=True)
+    th.start()
+    try:
+        candidates = uplink_address()
+        assert candidates, "no kicu* uplink interface in the test namespace"
+        host = candidates[-1]
+        out = nd.out("run", "--rm", "busybox", "sh", "-c", f"nc -w 5 {host} {port} </dev/null", timeout=120)
+        assert "hello-from-host" in out, out
+        th.join(5)
+        assert seen and seen[0].startswith("169.254."), seen
+    finally:
+        srv.close()
+
+
+def test_two_vchs_cannot_reach_each_other(nd, vch_factory):
+    name = nd.name("iso")
+    try:
+        httpd(nd, name)
+        ip = nd.inspect(name, "{{.NetworkSettings.IPAddress}}")
+        _, d2 = vch_factory()
+        _pull_as(d2, "library/busybox", "busybox:latest")
+        cid = nd.inspect(name, "{{.Id}}")[:12]
+        r = d2("run", "--rm", "busybox", "sh", "-c", HTTP_GET.format(path="hostname", host=ip) + "; echo END", timeout=120)
+        assert cid not in r.out and "END" in r.out, r
+    finally:
+        rm(nd, name)
+
+
+def compose(d, project, *args, env=None, timeout=240):
+    e = dict(d.env)
+    e.update(env or {})
+    return subprocess.run(
+        ["docker-compose", "-f", str(HERE / "compose" / "web-app.yml"), "-p", project, "--no-ansi", *args],
+        env=e, capture_output=True, text=True, timeout=t(timeout))
+
+
+def test_compose_app_with_published_port_service_names_and_volume(nd):
+    project = f"kw{secrets.token_hex(3)}"
+    port = free_port()
+    first = secrets.token_hex(4)
+    env = {"WEB_PORT": str(port), "TOKEN": first}
+    try:
+        up = compose(nd, project, "up", "-d", env=env)
+        assert up.returncode == 0, up
+        body = wait_until("web to answer with what api serves from its volume",
+                          lambda: (http(port, "cgi-bin/call") or "").rstrip().endswith(first) and http(port, "cgi-bin/call"),
+                          120)
+        assert "200 OK" in body, body
+        down = compose(nd, project, "down", "-t", "2", env=env)
+        assert down.returncode == 0, down
+        assert http(port) is None
+        vols = nd.out("volume", "ls", "-q").split()
+        assert f"{project}_data" in vols, vols
+        up = compose(nd, project, "up", "-d", env={"WEB_PORT": str(port), "TOKEN": "second"})
+        assert up.returncode == 0, up
+        wait_until("the data to survive down/up", lambda: (http(port, "cgi-bin/call") or "").rstrip().endswith(first), 120)
+    finally:
+        compose(nd, project, "down", "-v", "-t", "1", env=env)
