@@ -63,13 +63,13 @@ def test_published_port_answers_and_is_released(nd):
         body = wait_until("the published port to answer", lambda: (http(port) or "").endswith(cid[:12] + "\n") and http(port), 60)
         assert "200 OK" in body
         assert nd.out("port", name) == f"80/tcp -> 0.0.0.0:{port}"
-        ports = json.loads(nd.inspect(name, "{{json .NetworkSettings.Ports}}"))
+        ports = nd.inspect(name, "{{json .NetworkSettings.Ports}}")
         assert ports == {"80/tcp": [{"HostIp": "0.0.0.0", "HostPort": str(port)}]}, ports
         ps = nd.out("ps", "--filter", f"name={name}", "--format", "{{.Ports}}")
         assert ps == f"0.0.0.0:{port}->80/tcp", ps
         nd.ok("stop", "-t", "1", name)
         assert http(port) is None, "the port still answers after stop"
-        assert json.loads(nd.inspect(name, "{{json .NetworkSettings.Ports}}")) == {}
+        assert nd.inspect(name, "{{json .NetworkSettings.Ports}}") == {}
         # Started again, it publishes again.
         nd.ok("start", name)
         wait_until("the port to answer after start", lambda: http(port), 60)
@@ -107,7 +107,7 @@ def test_random_host_ports_and_publish_all(nd):
         hp = int(nd.out("port", a, "80/tcp").rsplit(":", 1)[1])
         wait_until("the random port to answer", lambda: http(hp), 60)
         httpd(nd, b, "--expose", "80", "--expose", "81/udp", port_args=("-P",))
-        ports = json.loads(nd.inspect(b, "{{json .NetworkSettings.Ports}}"))
+        ports = nd.inspect(b, "{{json .NetworkSettings.Ports}}")
         assert set(ports) == {"80/tcp", "81/udp"}, ports
         assert all(int(v[0]["HostPort"]) > 0 for v in ports.values()), ports
         hp = int(ports["80/tcp"][0]["HostPort"])
@@ -117,10 +117,13 @@ def test_random_host_ports_and_publish_all(nd):
 
 
 def test_udp_port(nd):
+    """A UDP echo (perl in the debian image: busybox's nc has no UDP) through `-p .../udp`."""
     name, port = nd.name("udp"), free_port()
     try:
-        nd.ok("run", "-d", "--name", name, "-p", f"{port}:9999/udp", "busybox",
-              "sh", "-c", "while true; do nc -u -l -p 9999 -w 1 -e echo pong; done")
+        _pull_as(nd, "library/debian", "debian:latest")
+        nd.ok("run", "-d", "--name", name, "-p", f"{port}:9999/udp", "debian", "perl", "-MIO::Socket::INET", "-e",
+              '$s = IO::Socket::INET->new(LocalPort => 9999, Proto => "udp") or die "socket: $!";'
+              ' while (1) { $s->recv($m, 100); $s->send("pong $m") }', timeout=300)
 
         def pong():
             with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
@@ -139,7 +142,7 @@ def test_inspect_shows_addresses_and_network_mode(nd):
     name = nd.name("insp")
     try:
         nd.ok("run", "-d", "--name", name, "busybox", "sleep", "600")
-        ns = json.loads(nd.inspect(name, "{{json .NetworkSettings}}"))
+        ns = nd.inspect(name, "{{json .NetworkSettings}}")
         assert nd.inspect(name, "{{.HostConfig.NetworkMode}}") == "bridge"
         br = ns["Networks"]["bridge"]
         assert br["IPAddress"].startswith("172.16.") and br["IPPrefixLen"] == 16, br
@@ -177,15 +180,15 @@ def test_user_networks_names_aliases_links_and_isolation(nd):
         httpd(nd, a1, "--network", n1, "--network-alias", "svc")
         httpd(nd, a2, "--network", n1, "--network-alias", "svc")
         httpd(nd, b1, "--network", n2)
-        ip_a1 = json.loads(nd.inspect(a1, "{{json .NetworkSettings.Networks}}"))[n1]["IPAddress"]
-        ip_a2 = json.loads(nd.inspect(a2, "{{json .NetworkSettings.Networks}}"))[n1]["IPAddress"]
-        ip_b1 = json.loads(nd.inspect(b1, "{{json .NetworkSettings.Networks}}"))[n2]["IPAddress"]
+        ip_a1 = nd.inspect(a1, "{{json .NetworkSettings.Networks}}")[n1]["IPAddress"]
+        ip_a2 = nd.inspect(a2, "{{json .NetworkSettings.Networks}}")[n1]["IPAddress"]
+        ip_b1 = nd.inspect(b1, "{{json .NetworkSettings.Networks}}")[n2]["IPAddress"]
         assert ip_b1.startswith("10.77.0."), ip_b1
         assert ip_a1 != ip_a2
         id_a1 = nd.inspect(a1, "{{.Id}}")[:12]
         script = "; ".join([
-            f"nslookup {a1} | tail -n 2",
-            "nslookup svc | grep Address | tail -n 2",
+            f"nslookup -type=a {a1} | grep Address: | tail -n 1",
+            "nslookup -type=a svc | grep Address: | tail -n 2",
             HTTP_GET.format(path="hostname", host=a1),
             HTTP_GET.format(path="hostname", host="svc"),
         ])
@@ -195,15 +198,15 @@ def test_user_networks_names_aliases_links_and_isolation(nd):
         assert id_a1 in out, out
         # --link: the alias resolves for the linking container.
         out = nd.out("run", "--rm", "--name", lk, "--network", n1, "--link", f"{a2}:db", "busybox", "sh", "-c",
-                     "nslookup db | tail -n 2; " + HTTP_GET.format(path="hostname", host="db"), timeout=120)
+                     "nslookup -type=a db | grep Address: | tail -n 1; " + HTTP_GET.format(path="hostname", host="db"), timeout=120)
         assert f"Address: {ip_a2}" in out and nd.inspect(a2, "{{.Id}}")[:12] in out, out
         # From the other network: neither the name nor the address.
         r = nd("run", "--rm", "--network", n2, "busybox", "sh", "-c",
-               f"nslookup {a1} || echo NO-NAME; " + HTTP_GET.format(path="hostname", host=ip_a1) + " || true; echo END",
+               f"nslookup -type=a {a1} || echo NO-NAME; " + HTTP_GET.format(path="hostname", host=ip_a1) + " || true; echo END",
                timeout=120)
         assert "NO-NAME" in r.out and id_a1 not in r.out and "END" in r.out, r
         # The second network's containers resolve theirs.
-        out = nd.out("run", "--rm", "--network", n2, "busybox", "nslookup", b1)
+        out = nd.out("run", "--rm", "--network", n2, "busybox", "nslookup", "-type=a", b1)
         assert f"Address: {ip_b1}" in out, out
     finally:
         rm(nd, a1, a2, b1, lk)
@@ -233,7 +236,7 @@ def test_network_create_ls_inspect_rm_prune(nd):
         r = nd("network", "inspect", "no-such-net")
         assert r.rc != 0 and "network no-such-net not found" in r.err, r.err
         nd.ok("run", "-d", "--name", c, "--network", n, "--ip", "10.88.5.77", "busybox", "sleep", "600")
-        assert json.loads(nd.inspect(c, "{{json .NetworkSettings.Networks}}"))[n]["IPAddress"] == "10.88.5.77"
+        assert nd.inspect(c, "{{json .NetworkSettings.Networks}}")[n]["IPAddress"] == "10.88.5.77"
         r = nd("network", "rm", n)
         assert r.rc != 0 and "has active endpoints" in r.err, r.err
         # prune keeps networks in use and the built-in ones.
@@ -257,7 +260,7 @@ def test_connect_and_disconnect_a_stopped_container(nd):
         r = nd("network", "connect", n, c)
         assert r.rc != 0 and "already exists in network" in r.err, r.err
         nd.ok("start", c)
-        nets = json.loads(nd.inspect(c, "{{json .NetworkSettings.Networks}}"))
+        nets = nd.inspect(c, "{{json .NetworkSettings.Networks}}")
         assert set(nets) == {"bridge", n} and nets[n]["IPAddress"], nets
         links = nd.out("exec", c, "ip", "-o", "-4", "addr")
         assert nets["bridge"]["IPAddress"] in links and nets[n]["IPAddress"] in links, links
@@ -265,7 +268,7 @@ def test_connect_and_disconnect_a_stopped_container(nd):
         assert r.rc != 0 and "stop" in r.err, r.err
         nd.ok("stop", "-t", "1", c)
         nd.ok("network", "disconnect", n, c)
-        assert set(json.loads(nd.inspect(c, "{{json .NetworkSettings.Networks}}"))) == {"bridge"}
+        assert set(nd.inspect(c, "{{json .NetworkSettings.Networks}}")) == {"bridge"}
     finally:
         rm(nd, c)
         nd("network", "rm", n)

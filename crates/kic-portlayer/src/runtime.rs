@@ -1130,6 +1130,8 @@ impl PortLayer {
         ctr.refresh();
         let id = ctr.id();
         ctr.state.borrow().check_start(&id)?;
+        // A start right after the VM ended: its monitor may still be letting go.
+        self.settle(&id, Duration::from_secs(10)).await;
         let lock = try_lock(&ctr.paths.lock()).ok_or_else(|| {
             Error::conflict(format!(
                 "container {id} is being started or managed by another host process"
