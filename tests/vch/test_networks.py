@@ -357,3 +357,56 @@ def test_compose_app_with_published_port_service_names_and_volume(nd):
         wait_until("the data to survive down/up", lambda: (http(port, "cgi-bin/call") or "").rstrip().endswith(first), 120)
     finally:
         compose(nd, project, "down", "-v", "-t", "1", env=env)
+
+
+def test_container_network_reaches_containers_without_nat(vch_factory):
+    """VIC's container network: a host bridge mapped into the VCH as a Docker network. The test
+    makes a bridge in the host's namespace (no address there) with a veth whose other end, in
+    the test's namespace, is the segment's gateway; a container on it answers there directly."""
+    import os
+    tag = secrets.token_hex(2)
+    br, va, vb = f"kictb{tag}", f"kictva{tag}", f"kictvb{tag}"
+    libvirtd = open("/run/libvirtd.pid").read().strip()
+    root = ["nsenter", f"--net=/proc/{libvirtd}/ns/net"]
+    sh(root + ["ip", "link", "add", br, "type", "bridge"])
+    name = f"cn-{tag}"
+    try:
+        sh(root + ["ip", "link", "set", br, "up"])
+        sh(root + ["ip", "link", "add", va, "type", "veth", "peer", "name", vb])
+        sh(root + ["ip", "link", "set", va, "master", br, "up"])
+        sh(root + ["ip", "link", "set", vb, "netns", str(os.getpid())])
+        sh(["ip", "addr", "add", "10.99.7.1/24", "dev", vb])
+        sh(["ip", "link", "set", vb, "up"])
+        vch, d = vch_factory(["--container-network", f"{br}:lan",
+                              "--container-network-gateway", "lan:10.99.7.1/24",
+                              "--container-network-ip-range", "lan:10.99.7.16/28"])
+        cfg = sh([vch.machine, "--state-root", str(vch.root), "inspect", "config", vch.name]).out
+        assert f"--container-network {br}:lan" in cfg and "--container-network-ip-range lan:10.99.7.16/28" in cfg, cfg
+        net = json.loads(d.out("network", "inspect", "lan"))[0]
+        assert net["Driver"] == "external" and net["IPAM"]["Config"][0]["Subnet"] == "10.99.7.0/24", net
+        _pull_as(d, "library/busybox", "busybox:latest")
+        d.ok("run", "-d", "--name", name, "--network", "lan", "busybox", "httpd", "-f", "-p", "80", "-h", "/etc")
+        ip = d.inspect(name, "{{json .NetworkSettings.Networks}}")["lan"]["IPAddress"]
+        assert ip.startswith("10.99.7.") and 16 <= int(ip.rsplit(".", 1)[1]) < 32, ip
+        cid = d.inspect(name, "{{.Id}}")[:12]
+
+        def direct():
+            try:
+                with socket.create_connection((ip, 80), timeout=3) as s:
+                    s.sendall(b"GET /hostname HTTP/1.0\r\n\r\n")
+                    return cid in s.makefile("rb").read().decode(errors="replace")
+            except OSError:
+                return False
+        wait_until("the container to answer on the container network without NAT", direct, 90)
+        r = d("network", "rm", "lan")
+        assert r.rc != 0 and "container network" in r.err, r.err
+        # A bridge that does not exist is refused at create.
+        r = sh([vch.machine, "--state-root", str(vch.root), "create", "--name", f"kicbad{tag}",
+                "--container-network", f"nosuchbr{tag}:x", "--container-network-gateway", "x:10.1.1.1/24",
+                "--container-network-ip-range", "x:10.1.1.0/28"], check=False)
+        assert r.rc != 0 and f"no Linux bridge \"nosuchbr{tag}\"" in r.out + r.err, r
+    finally:
+        if "d" in locals():
+            d("rm", "-f", name)
+        sh(root + ["ip", "link", "del", br], check=False)
+        sh(root + ["ip", "link", "del", va], check=False)

@@ -2,7 +2,8 @@
 //! (`inspect config`).
 
 use crate::config::{
-    Endpoint, Limits, Registries, TlsMode, VchConfig, CONFIG_VERSION, DEFAULT_STATE_ROOT,
+    ContainerNetwork, Endpoint, Limits, Registries, TlsMode, VchConfig, CONFIG_VERSION,
+    DEFAULT_STATE_ROOT,
 };
 use crate::layout::{MachineMeta, Vch};
 use crate::util::{parse_mib, shell_quote};
@@ -51,7 +52,7 @@ pub enum Cmd {
     /// Show a VCH (`inspect config NAME`: the create command that reproduces it).
     Inspect(InspectArgs),
     /// Change a VCH's limits, registries, volume stores or client CAs (restarts its endpoint).
-    Configure(ConfigureArgs),
+    Configure(Box<ConfigureArgs>),
     /// Install this kic-machine's endpoint and tether in a VCH, or roll back.
     Upgrade(UpgradeArgs),
     /// Remove a VCH.
@@ -126,6 +127,8 @@ pub struct CreateArgs {
     /// network is its first block; they live in the VCH's own network namespace).
     #[arg(long, value_name = "CIDR", default_value = "172.16.0.0/12", value_parser = parse_bridge_range)]
     pub bridge_network_range: String,
+    #[command(flatten)]
+    pub container_networks: ContainerNetworkArgs,
     /// Memory limit of the VCH (all its containers): MiB, or with a unit (4GiB).
     #[arg(long)]
     pub memory: Option<String>,
@@ -244,6 +247,10 @@ pub struct ConfigureArgs {
     /// Adds a volume store PATH:label (existing ones are kept).
     #[arg(long, value_name = "PATH:LABEL")]
     pub volume_store: Vec<String>,
+    /// Container networks: when any `--container-network` is given, the list replaces the
+    /// current one (repeat the ones to keep).
+    #[command(flatten)]
+    pub container_networks: ContainerNetworkArgs,
     /// Replaces the client CAs given at create (the generated CA, if any, stays trusted).
     #[arg(long, value_name = "FILE")]
     pub tls_ca: Option<Vec<PathBuf>>,
@@ -253,6 +260,156 @@ pub struct ConfigureArgs {
     pub no_debug: bool,
     #[arg(long, default_value = "5m")]
     pub timeout: String,
+}
+
+/// VIC's container networks: existing host bridges that appear as Docker networks, where
+/// containers get addresses of that segment and are reached without NAT.
+#[derive(Args, Debug, Default, Clone, PartialEq)]
+pub struct ContainerNetworkArgs {
+    /// A host bridge mapped into the VCH as the Docker network ALIAS (repeatable).
+    #[arg(long, value_name = "BRIDGE:ALIAS")]
+    pub container_network: Vec<String>,
+    /// The gateway of a container network, with its prefix length (required per network).
+    #[arg(long, value_name = "ALIAS:GATEWAY/LEN")]
+    pub container_network_gateway: Vec<String>,
+    /// The addresses containers get on it, a CIDR inside the segment (required per network;
+    /// KIC does not run DHCP on container networks).
+    #[arg(long, value_name = "ALIAS:CIDR")]
+    pub container_network_ip_range: Vec<String>,
+    /// A nameserver for containers on it (repeatable).
+    #[arg(long, value_name = "ALIAS:IP")]
+    pub container_network_dns: Vec<String>,
+}
+
+fn cidr(s: &str) -> Option<(std::net::Ipv4Addr, u32)> {
+    let (a, l) = s.split_once('/')?;
+    let l: u32 = l.parse().ok().filter(|l| *l <= 32)?;
+    Some((a.parse().ok()?, l))
+}
+
+fn in_net(a: std::net::Ipv4Addr, net: std::net::Ipv4Addr, len: u32) -> bool {
+    let m = if len == 0 { 0 } else { u32::MAX << (32 - len) };
+    u32::from(a) & m == u32::from(net) & m
+}
+
+/// Whether `bridge` is a Linux bridge here or in libvirtd's network namespace (where the taps
+/// of container VMs are; kic-machine itself may run in another).
+fn host_bridge_exists(bridge: &str) -> bool {
+    if Path::new("/sys/class/net")
+        .join(bridge)
+        .join("bridge")
+        .exists()
+    {
+        return true;
+    }
+    // libvirtd's namespace: where the taps of container VMs are made.
+    let Some(pid) = std::fs::read_to_string("/run/libvirtd.pid")
+        .ok()
+        .and_then(|p| p.trim().parse::<u32>().ok())
+    else {
+        return false;
+    };
+    std::process::Command::new("nsenter")
+        .arg(format!("--net=/proc/{pid}/ns/net"))
+        .args(["ip", "-d", "-o", "link", "show", "dev", bridge])
+        .output()
+        .map(|o| o.status.success() && String::from_utf8_lossy(&o.stdout).contains(" bridge "))
+        .unwrap_or(false)
+}
+
+/// The container networks the flags describe, checked (bridges must exist on this host).
+pub fn parse_container_networks(a: &ContainerNetworkArgs) -> Result<Vec<ContainerNetwork>> {
+    let mut out: Vec<ContainerNetwork> = Vec::new();
+    for s in &a.container_network {
+        let Some((bridge, alias)) = s
+            .split_once(':')
+            .filter(|(b, a)| !b.is_empty() && !a.is_empty())
+        else {
+            bail!("--container-network {s:?}: expected BRIDGE:ALIAS");
+        };
+        let ok_name = alias
+            .chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_alphanumeric())
+            && alias
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c));
+        if !ok_name || ["bridge", "none", "host"].contains(&alias) {
+            bail!("--container-network {s:?}: {alias:?} cannot name a Docker network");
+        }
+        if out.iter().any(|o| o.alias == alias) {
+            bail!("--container-network: alias {alias:?} given twice");
+        }
+        if !host_bridge_exists(bridge) {
+            bail!("--container-network {s:?}: there is no Linux bridge {bridge:?} on this host (create it first, e.g. `ip link add {bridge} type bridge`)");
+        }
+        out.push(ContainerNetwork {
+            alias: alias.to_string(),
+            bridge: bridge.to_string(),
+            ..Default::default()
+        });
+    }
+    let per = |flag: &str, list: &[String]| -> Result<Vec<(String, String)>> {
+        list.iter()
+            .map(|s| {
+                let (alias, v) = s
+                    .split_once(':')
+                    .ok_or_else(|| anyhow::anyhow!("--{flag} {s:?}: expected ALIAS:VALUE"))?;
+                if !a
+                    .container_network
+                    .iter()
+                    .any(|c| c.ends_with(&format!(":{alias}")))
+                {
+                    bail!("--{flag} {s:?}: no --container-network has the alias {alias:?}");
+                }
+                Ok((alias.to_string(), v.to_string()))
+            })
+            .collect()
+    };
+    for (alias, v) in per("container-network-gateway", &a.container_network_gateway)? {
+        if cidr(&v).is_none() {
+            bail!(
+                "--container-network-gateway {alias}:{v}: expected GATEWAY/LEN such as 10.9.0.1/24"
+            );
+        }
+        out.iter_mut()
+            .find(|o| o.alias == alias)
+            .expect("checked")
+            .gateway = v;
+    }
+    for (alias, v) in per("container-network-ip-range", &a.container_network_ip_range)? {
+        out.iter_mut()
+            .find(|o| o.alias == alias)
+            .expect("checked")
+            .ip_range = v;
+    }
+    for (alias, v) in per("container-network-dns", &a.container_network_dns)? {
+        if v.parse::<std::net::Ipv4Addr>().is_err() {
+            bail!("--container-network-dns {alias}:{v}: expected an IPv4 address");
+        }
+        out.iter_mut()
+            .find(|o| o.alias == alias)
+            .expect("checked")
+            .dns
+            .push(v);
+    }
+    for o in &out {
+        let Some((gw, len)) = cidr(&o.gateway) else {
+            bail!("container network {}: give --container-network-gateway {}:GATEWAY/LEN (KIC does not run DHCP on container networks)", o.alias, o.alias);
+        };
+        let Some((r, rlen)) = cidr(&o.ip_range) else {
+            bail!("container network {}: give --container-network-ip-range {}:CIDR inside the segment (KIC does not run DHCP on container networks)", o.alias, o.alias);
+        };
+        if rlen < len || !in_net(r, gw, len) {
+            bail!(
+                "--container-network-ip-range {}:{}: not inside the segment {}",
+                o.alias,
+                o.ip_range,
+                o.gateway
+            );
+        }
+    }
+    Ok(out)
 }
 
 /// `--name NAME` or a positional NAME (flattened into commands with other flags).
@@ -468,6 +625,7 @@ pub fn build_config(a: &CreateArgs, p: &Plan) -> Result<VchConfig> {
         image_store: a.image_store.clone(),
         volume_stores,
         bridge_network_range: Some(a.bridge_network_range.clone()),
+        container_networks: parse_container_networks(&a.container_networks)?,
         endpoint: Endpoint {
             tcp: p.tcp.map(|t| t.to_string()),
             socket: Some(v.socket()),
@@ -522,6 +680,20 @@ pub fn create_flags(c: &VchConfig, m: &MachineMeta) -> Vec<String> {
         .filter(|r| *r != "172.16.0.0/12")
     {
         add("--bridge-network-range", r.to_string());
+    }
+    for n in &c.container_networks {
+        add("--container-network", format!("{}:{}", n.bridge, n.alias));
+        add(
+            "--container-network-gateway",
+            format!("{}:{}", n.alias, n.gateway),
+        );
+        add(
+            "--container-network-ip-range",
+            format!("{}:{}", n.alias, n.ip_range),
+        );
+        for d in &n.dns {
+            add("--container-network-dns", format!("{}:{d}", n.alias));
+        }
     }
     if let Some(tcp) = &c.endpoint.tcp {
         add("--endpoint", tcp.clone());

@@ -215,6 +215,12 @@ pub fn inspect(root: &Path, a: &InspectArgs) -> Result<()> {
         c.bridge_network_range.as_deref().unwrap_or("172.16.0.0/12"),
         c.name
     );
+    for n in &c.container_networks {
+        println!(
+            "  Container network:  {}: host bridge {}, gateway {}, addresses {}",
+            n.alias, n.bridge, n.gateway, n.ip_range
+        );
+    }
     println!(
         "  Limits:             memory {}, vCPUs {}, containers {}",
         limit(c.limits.memory_mib, " MiB"),
@@ -403,6 +409,16 @@ pub fn configure(root: &Path, a: &ConfigureArgs) -> Result<()> {
         checks::writable_dir(&path, &format!("volume store {label:?}"))?;
         info!("Adding volume store {label}: {}", path.display());
         c.volume_stores.insert(label, path);
+    }
+    if !a.container_networks.container_network.is_empty() {
+        let nets = crate::cli::parse_container_networks(&a.container_networks)?;
+        for n in &nets {
+            info!(
+                "Container network {}: host bridge {}, {} from {}",
+                n.alias, n.bridge, n.gateway, n.ip_range
+            );
+        }
+        c.container_networks = nets;
     }
     let mut new_tls_ca = None;
     if let Some(cas) = &a.tls_ca {

@@ -47,6 +47,25 @@ pub struct NetworkSetup {
     pub uplink_host: String,
     /// Link-local /30 of the uplink: `.1` on the host side, `.2` in the namespace.
     pub uplink_net: Ipv4Net,
+    /// Container networks (VIC's): existing host bridges the admin maps into the VCH.
+    pub external: Vec<ExternalNetwork>,
+}
+
+/// A host bridge mapped into the VCH as a Docker network (`kic-machine create
+/// --container-network BRIDGE:alias`): containers on it get addresses of that segment from
+/// `range` and are reached without NAT.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExternalNetwork {
+    /// The Docker network's name.
+    pub alias: String,
+    /// The Linux bridge in the host's (libvirtd's) network namespace.
+    pub bridge: String,
+    /// The segment's gateway and prefix (`10.9.0.1/24`).
+    pub gateway: Ipv4Net,
+    /// Addresses handed to containers (within the segment).
+    pub range: Ipv4Net,
+    /// Nameservers for containers whose first network this is.
+    pub dns: Vec<Ipv4Addr>,
 }
 
 impl NetworkSetup {
@@ -75,6 +94,7 @@ impl NetworkSetup {
             range: range.trunc(),
             uplink_host: format!("kicu{:08x}", h)[..12].to_string(),
             uplink_net: Ipv4Net::new(Ipv4Addr::from(base), 30).expect("valid /30"),
+            external: Vec::new(),
         })
     }
     pub fn netns_path(&self) -> PathBuf {
@@ -116,8 +136,15 @@ pub struct NetworkConfig {
     /// Whether the subnet was given by the user (reported in IPAM.Config either way).
     #[serde(default)]
     pub user_subnet: bool,
-    /// The bridge device inside the VCH's namespace.
+    /// The bridge device inside the VCH's namespace (for a container network: the host's
+    /// bridge).
     pub bridge: String,
+    /// A container network: a host bridge, no namespace, no NAT.
+    #[serde(default)]
+    pub external: bool,
+    /// Nameservers of a container network.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub dns: Vec<Ipv4Addr>,
 }
 
 /// What `network create` asks for.
@@ -230,8 +257,11 @@ impl Networks {
                 builtin: true,
                 user_subnet: false,
                 bridge: String::new(),
+                external: false,
+                dns: Vec::new(),
             })?;
         }
+        nets.sync_external()?;
         Ok(nets)
     }
 
@@ -241,6 +271,54 @@ impl Networks {
         std::fs::write(&tmp, serde_json::to_vec_pretty(n).expect("serializable"))
             .and_then(|_| std::fs::rename(&tmp, &p))
             .map_err(|e| Error::io(p.display(), e))
+    }
+
+    /// Make the stored container networks match the configuration: new ones added, changed
+    /// ones updated (same ID), dropped ones forgotten.
+    fn sync_external(&self) -> Result<()> {
+        let want = self.setup.external.clone();
+        for n in self.list().into_iter().filter(|n| n.external) {
+            if !want.iter().any(|w| w.alias == n.name) {
+                self.forget(&n)?;
+            }
+        }
+        for w in want {
+            let old = self.list().into_iter().find(|n| n.name == w.alias);
+            if let Some(o) = old.as_ref().filter(|o| !o.external) {
+                return Err(Error::conflict(format!(
+                    "container network {} clashes with the network {} of this VCH (id {}): remove that network or choose another alias",
+                    w.alias, o.name, &o.id[..12]
+                )));
+            }
+            let n = NetworkConfig {
+                id: old
+                    .as_ref()
+                    .map(|o| o.id.clone())
+                    .unwrap_or_else(crate::runtime::random_id),
+                name: w.alias.clone(),
+                driver: "external".into(),
+                subnet: w.gateway.trunc(),
+                gateway: w.gateway.addr(),
+                ip_range: Some(w.range),
+                internal: false,
+                labels: BTreeMap::new(),
+                options: BTreeMap::new(),
+                created: old
+                    .as_ref()
+                    .map(|o| o.created.clone())
+                    .unwrap_or_else(now_rfc3339),
+                builtin: true,
+                user_subnet: true,
+                bridge: w.bridge.clone(),
+                external: true,
+                dns: w.dns.clone(),
+            };
+            if old.as_ref() != Some(&n) {
+                self.save(&n)?;
+                self.map.lock().expect("lock").insert(n.id.clone(), n);
+            }
+        }
+        Ok(())
     }
 
     fn insert(&self, mut n: NetworkConfig) -> Result<NetworkConfig> {
@@ -431,6 +509,8 @@ impl Networks {
             builtin: false,
             user_subnet,
             bridge: String::new(),
+            external: false,
+            dns: Vec::new(),
         })?;
         if let Err(e) = Plumbing(&self.setup)
             .bridge_up(&n)
@@ -455,23 +535,51 @@ impl Networks {
 
     /// Remove a network (the caller has checked nobody is on it).
     pub fn remove(&self, n: &NetworkConfig) -> Result<()> {
+        Self::check_removable(n)?;
+        self.forget(n)?;
+        Plumbing(&self.setup).bridge_down(n)?;
+        self.firewall()
+    }
+
+    /// Refuses the networks only the VCH's configuration manages.
+    pub fn check_removable(n: &NetworkConfig) -> Result<()> {
+        if n.external {
+            return Err(Error::new(
+                crate::error::Kind::Forbidden,
+                format!(
+                    "{} is a container network of the VCH and cannot be removed here (kic-machine configure manages it)",
+                    n.name
+                ),
+            ));
+        }
         if n.builtin {
             return Err(Error::new(
                 crate::error::Kind::Forbidden,
                 format!("{} is a pre-defined network and cannot be removed", n.name),
             ));
         }
-        self.forget(n)?;
-        Plumbing(&self.setup).bridge_down(n)?;
-        self.firewall()
+        Ok(())
     }
 
     /// Make the namespace, uplink, every bridge and the firewall (idempotent; at start-up).
     pub fn plumb(&self) -> Result<()> {
         let p = Plumbing(&self.setup);
         p.namespace()?;
-        for n in self.list() {
+        for n in self.list().into_iter().filter(|n| !n.external) {
             p.bridge_up(&n)?;
+        }
+        for n in self.list().into_iter().filter(|n| n.external) {
+            if !Path::new("/sys/class/net")
+                .join(&n.bridge)
+                .join("bridge")
+                .exists()
+            {
+                tracing::warn!(
+                    "container network {}: host bridge {} does not exist (yet); containers on it cannot start",
+                    n.name,
+                    n.bridge
+                );
+            }
         }
         self.firewall()
     }
@@ -688,7 +796,7 @@ impl Plumbing<'_> {
     /// internal, nothing routed between bridges.
     pub fn firewall(&self, nets: &[NetworkConfig]) -> Result<()> {
         let mut out = String::new();
-        for n in nets {
+        for n in nets.iter().filter(|n| !n.external) {
             // Traffic within one bridge passes this hook too where br_netfilter is loaded.
             out.push_str(&format!(
                 "    iifname \"{b}\" oifname \"{b}\" accept\n",
@@ -727,6 +835,23 @@ impl Plumbing<'_> {
             run(self.ip().args(["link", "del", &n.bridge]), None)?;
         }
         Ok(())
+    }
+
+    /// Put the tap `tap` (in the namespace of the QEMU process `qemu_pid`) on a host bridge
+    /// of that namespace (container networks).
+    pub fn attach_tap_host(&self, qemu_pid: u32, tap: &str, bridge: &str) -> Result<()> {
+        run(
+            Command::new("nsenter")
+                .arg(format!("--net=/proc/{qemu_pid}/ns/net"))
+                .args(["ip", "link", "set", "dev", tap, "master", bridge, "up"]),
+            None,
+        )
+        .map_err(|e| {
+            Error::unavailable(format!(
+                "cannot put the container on host bridge {bridge}: {} (does the bridge exist?)",
+                e.message
+            ))
+        })
     }
 
     /// Move the tap `tap` (in the namespace of the QEMU process `qemu_pid`) onto the bridge.

@@ -536,6 +536,7 @@ impl PortLayer {
     /// reference (their next start fails, as in Docker).
     pub async fn network_remove(&self, key: &str) -> Result<NetworkConfig> {
         let n = self.network_find(key)?;
+        Networks::check_removable(&n)?;
         let _g = self.inner.net_lock.lock().await;
         let active = self.network_endpoints(&n.id);
         if let Some((v, _)) = active.first() {
@@ -657,13 +658,18 @@ impl PortLayer {
                         format!("network {} not found", a.network_id),
                     )
                 })?;
-                taps.push((a.tap.clone(), n.bridge));
+                taps.push((a.tap.clone(), n.bridge, n.external));
             }
             let setup = nets.setup.clone();
             tokio::task::spawn_blocking(move || {
                 let p = Plumbing(&setup);
-                taps.iter()
-                    .try_for_each(|(tap, br)| p.attach_tap(pid, tap, br))
+                taps.iter().try_for_each(|(tap, br, external)| {
+                    if *external {
+                        p.attach_tap_host(pid, tap, br)
+                    } else {
+                        p.attach_tap(pid, tap, br)
+                    }
+                })
             })
             .await
             .map_err(|e| Error::internal(e.to_string()))??;
@@ -716,7 +722,17 @@ impl PortLayer {
             }
         }
         spec.hosts = hosts;
-        spec.resolv_conf = Some(format!("nameserver {}\noptions ndots:0\n", net[0].gateway));
+        // The VCH's DNS responder sits on its own networks' gateways; a container network's
+        // containers use that network's nameservers.
+        let first = self
+            .inner
+            .networks
+            .as_ref()
+            .and_then(|n| n.by_id(&net[0].network_id));
+        spec.resolv_conf = Some(match first.filter(|n| n.external) {
+            Some(n) => n.dns.iter().map(|d| format!("nameserver {d}\n")).collect(),
+            None => format!("nameserver {}\noptions ndots:0\n", net[0].gateway),
+        });
         spec
     }
 

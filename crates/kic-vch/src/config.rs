@@ -36,6 +36,22 @@ pub struct Endpoint {
     pub client_ca: Option<PathBuf>,
 }
 
+/// A host bridge mapped into the VCH as a Docker network (VIC's container network).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ContainerNetwork {
+    /// The Docker network's name.
+    pub alias: String,
+    /// An existing Linux bridge on the host.
+    pub bridge: String,
+    /// The segment's gateway with its prefix length (`10.9.0.1/24`).
+    pub gateway: String,
+    /// The addresses containers get (a CIDR inside the segment).
+    pub ip_range: String,
+    /// Nameservers for containers on it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub dns: Vec<String>,
+}
+
 /// VCH-wide limits, enforced on every container create (`None` = unlimited).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Limits {
@@ -80,6 +96,9 @@ pub struct VchConfig {
     /// default `bridge` network is its first block.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bridge_network_range: Option<String>,
+    /// Container networks (VIC's `--container-network`): host bridges mapped into the VCH.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub container_networks: Vec<ContainerNetwork>,
     pub endpoint: Endpoint,
     #[serde(default)]
     pub limits: Limits,

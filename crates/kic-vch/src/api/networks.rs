@@ -60,7 +60,7 @@ pub fn network_json(s: &AppState, n: &NetworkConfig, containers: bool) -> Value 
     }
     let mut options = n.options.clone();
     options.insert("com.docker.network.bridge.name".into(), n.bridge.clone());
-    if n.builtin {
+    if n.builtin && !n.external {
         options.insert(
             "com.docker.network.bridge.default_bridge".into(),
             "true".into(),
@@ -539,7 +539,7 @@ pub fn settings_json(s: &AppState, v: &ContainerView, ports: Value) -> Value {
         .networks
         .first()
         .and_then(|e| s.pl.network_find(&e.network_id).ok())
-        .is_some_and(|n| n.builtin);
+        .is_some_and(|n| n.builtin && !n.external);
     // Docker fills the top-level address fields for the default bridge only.
     let top = |x: Option<String>| {
         if default_bridge {
@@ -607,7 +607,7 @@ pub fn network_mode(s: &AppState, v: &ContainerView) -> String {
     match v.config.networks.first() {
         None => NONE_NETWORK.into(),
         Some(e) => match s.pl.network_find(&e.network_id) {
-            Ok(n) if n.builtin => DEFAULT_NETWORK.into(),
+            Ok(n) if n.builtin && !n.external => DEFAULT_NETWORK.into(),
             Ok(n) => n.name,
             Err(_) => e.network_id.clone(),
         },

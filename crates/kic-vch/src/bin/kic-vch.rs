@@ -62,10 +62,26 @@ async fn run(cfg: VchConfig) -> anyhow::Result<()> {
     pl_cfg.default_vcpus = cfg.container_cpus;
     pl_cfg.extra_kernel_args = cfg.kernel_args.clone();
     pl_cfg.volume_stores = cfg.volume_stores.clone();
-    pl_cfg.network = Some(
+    let mut setup =
         kic_portlayer::NetworkSetup::for_vch(&cfg.name, cfg.bridge_network_range.as_deref())
-            .map_err(|e| anyhow::anyhow!("bridge network range: {e}"))?,
-    );
+            .map_err(|e| anyhow::anyhow!("bridge network range: {e}"))?;
+    for n in &cfg.container_networks {
+        let bad = |what: &str| anyhow::anyhow!("container network {}: invalid {what}", n.alias);
+        setup
+            .external
+            .push(kic_portlayer::network::ExternalNetwork {
+                alias: n.alias.clone(),
+                bridge: n.bridge.clone(),
+                gateway: n.gateway.parse().map_err(|_| bad("gateway"))?,
+                range: n.ip_range.parse().map_err(|_| bad("ip range"))?,
+                dns: n
+                    .dns
+                    .iter()
+                    .map(|d| d.parse().map_err(|_| bad("nameserver")))
+                    .collect::<anyhow::Result<_>>()?,
+            });
+    }
+    pl_cfg.network = Some(setup);
     let pl = kic_portlayer::PortLayer::open(pl_cfg)
         .await
         .map_err(|e| anyhow::anyhow!("cannot open the port layer: {e}"))?;

@@ -311,6 +311,10 @@ impl NetCtl {
 
     /// Serve DNS for network `n` on its gateway address.
     pub async fn network_added(&self, s: &AppState, n: &NetworkConfig) {
+        if n.external {
+            // A host segment: its own nameservers serve it.
+            return;
+        }
         let Some(ns) = self.netns(s) else { return };
         let addr = SocketAddr::V4(SocketAddrV4::new(n.gateway, 53));
         let sock = match ns.udp_bind(addr).await {
