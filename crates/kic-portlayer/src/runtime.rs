@@ -1628,7 +1628,6 @@ impl PortLayer {
         {
             self.inner.hv.destroy(&ctr.domain()).await?;
         }
-        ctr.update(|s| s.status = Status::Dead);
         self.inner.hv.undefine(&ctr.domain()).await?;
         std::fs::remove_dir_all(&ctr.paths.dir)
             .map_err(|e| Error::io(format!("remove {}", ctr.paths.dir.display()), e))?;
@@ -1638,6 +1637,9 @@ impl PortLayer {
             .lock()
             .expect("containers lock")
             .remove(&id);
+        // Dead only once it is gone from the list: `wait --condition removed` returns here,
+        // and the client's next request (an rmi of the image) must not find it.
+        ctr.state.send_modify(|s| s.status = Status::Dead);
         Ok(())
     }
 
