@@ -54,6 +54,19 @@ docker tag "$reg/library/busybox:latest" busybox:latest
 echo "==> docker run --rm busybox (a container VM)"
 echo
 docker run --rm busybox sh -c 'echo "Hello from container VM $(hostname)"; uname -a; grep -m1 "model name" /proc/cpuinfo'
+webport=${KIC_DEMO_WEB_PORT:-8080}
+echo
+echo "==> docker run -d -p $webport:80 busybox httpd (a published port on the bridge network)"
+docker rm -f kic-demo-web >/dev/null 2>&1 || true
+docker run -d --name kic-demo-web -p "$webport:80" busybox httpd -f -p 80 -h /etc >/dev/null
+for _ in $(seq 1 60); do
+  if out=$(curl -fsS "http://127.0.0.1:$webport/hostname" 2>/dev/null); then
+    echo "curl http://127.0.0.1:$webport/hostname -> $out (the container's hostname)"
+    break
+  fi
+  sleep 1
+done
+docker rm -f kic-demo-web >/dev/null
 echo
 echo "Registry:  http://$reg  admin password in $pwfile  (stop: kill \$(cat $state/registry/pid))"
 echo "VCH demo:  export $envline"
