@@ -314,15 +314,20 @@ def test_outbound_nat_reaches_the_vch_host(nd):
 
 
 def test_two_vchs_cannot_reach_each_other(nd, vch_factory):
+    """A second VCH (its bridge range elsewhere) has its own namespace: its containers cannot
+    reach the first VCH's container, which answers from its own VCH."""
     name = nd.name("iso")
     try:
         httpd(nd, name)
         ip = nd.inspect(name, "{{.NetworkSettings.IPAddress}}")
-        _, d2 = vch_factory()
-        _pull_as(d2, "library/busybox", "busybox:latest")
         cid = nd.inspect(name, "{{.Id}}")[:12]
-        r = d2("run", "--rm", "busybox", "sh", "-c", HTTP_GET.format(path="hostname", host=ip) + "; echo END", timeout=120)
-        assert cid not in r.out and "END" in r.out, r
+        get = HTTP_GET.format(path="hostname", host=ip) + "; echo END"
+        assert cid in nd.out("run", "--rm", "busybox", "sh", "-c", get, timeout=120)
+        _, d2 = vch_factory(["--bridge-network-range", "10.66.0.0/16"])
+        _pull_as(d2, "library/busybox", "busybox:latest")
+        out = d2.out("run", "--rm", "busybox", "sh", "-c", "ip -o -4 addr show eth0; " + get, timeout=120)
+        assert "inet 10.66.0." in out, out
+        assert cid not in out and "END" in out, out
     finally:
         rm(nd, name)
 
