@@ -1474,9 +1474,16 @@ async fn stats(
         } else {
             sample(&s, &v).await
         };
+        // One sample (`docker stats --no-stream`): the CLI gives up when it has nothing after
+        // 2 s, so its CPU delta is taken over half a second; a stream samples every second.
+        let gap = if streaming {
+            Duration::from_secs(1)
+        } else {
+            Duration::from_millis(500)
+        };
         loop {
             if !one_shot {
-                tokio::time::sleep(Duration::from_secs(1)).await;
+                tokio::time::sleep(gap).await;
             }
             let mut cur = sample(&s, &v).await;
             cur["precpu_stats"] = prev.get("cpu_stats").cloned().unwrap_or(json!({}));
