@@ -32,8 +32,35 @@ pub struct NetCtl {
     dns: Mutex<HashMap<String, AbortHandle>>,
 }
 
-/// A container's wanted port bindings: (`80/tcp`, host IP, host port; 0 = any).
-pub type Wanted = Vec<(String, u16, Option<IpAddr>, u16)>;
+impl PortMap {
+    fn of(b: &proxy::BoundPort) -> PortMap {
+        PortMap {
+            proto: b.spec.proto.to_string(),
+            container_port: b.spec.container_port,
+            host_ip: b.spec.host_ip,
+            host_port: b.host_port(),
+        }
+    }
+
+    /// What to bind to publish this port again.
+    fn spec(&self) -> PortSpec {
+        PortSpec {
+            proto: proto_of(&self.proto),
+            host_ip: self.host_ip,
+            host_port: self.host_port,
+            container_port: self.container_port,
+        }
+    }
+}
+
+/// `tcp` or `udp` (as [`parse_port_key`] gives them) as the proxy's protocol.
+fn proto_of(name: &str) -> Proto {
+    if name == "udp" {
+        Proto::Udp
+    } else {
+        Proto::Tcp
+    }
+}
 
 fn parse_port_key(k: &str) -> ApiResult<(String, u16)> {
     let (port, proto) = k.split_once('/').unwrap_or((k, "tcp"));
@@ -79,7 +106,7 @@ pub fn exposed(s: &AppState, v: &kic_portlayer::ContainerView) -> Vec<(String, u
 
 /// What a container asks to publish (`PortBindings`, and `PublishAllPorts` for the rest of
 /// its exposed ports).
-pub fn wanted(s: &AppState, v: &kic_portlayer::ContainerView) -> ApiResult<Wanted> {
+pub fn wanted(s: &AppState, v: &kic_portlayer::ContainerView) -> ApiResult<Vec<PortSpec>> {
     let hc = v
         .config
         .extra
@@ -87,7 +114,7 @@ pub fn wanted(s: &AppState, v: &kic_portlayer::ContainerView) -> ApiResult<Wante
         .and_then(|d| d.get("HostConfig"))
         .cloned()
         .unwrap_or(json!({}));
-    let mut out = Wanted::new();
+    let mut out: Vec<PortSpec> = Vec::new();
     if let Some(pb) = hc.get("PortBindings").and_then(Value::as_object) {
         for (k, binds) in pb {
             let (proto, cport) = parse_port_key(k)?;
@@ -114,14 +141,27 @@ pub fn wanted(s: &AppState, v: &kic_portlayer::ContainerView) -> ApiResult<Wante
                         ))
                     })?,
                 };
-                out.push((proto.clone(), cport, ip, hp));
+                out.push(PortSpec {
+                    proto: proto_of(&proto),
+                    host_ip: ip.unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED)),
+                    host_port: hp,
+                    container_port: cport,
+                });
             }
         }
     }
     if hc.get("PublishAllPorts").and_then(Value::as_bool) == Some(true) {
         for (proto, p) in exposed(s, v) {
-            if !out.iter().any(|(pr, cp, _, _)| *pr == proto && *cp == p) {
-                out.push((proto, p, None, 0));
+            if !out
+                .iter()
+                .any(|w| w.proto.to_string() == proto && w.container_port == p)
+            {
+                out.push(PortSpec {
+                    proto: proto_of(&proto),
+                    host_ip: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+                    host_port: 0,
+                    container_port: p,
+                });
             }
         }
     }
@@ -136,8 +176,8 @@ fn ports_file(s: &AppState, id: &str) -> std::path::PathBuf {
 /// cannot be bound fails the start before the VM boots.
 pub async fn start(s: &AppState, id: &str) -> ApiResult<()> {
     let v = s.pl.inspect(id)?;
-    let want = wanted(s, &v)?;
-    if want.is_empty() {
+    let specs = wanted(s, &v)?;
+    if specs.is_empty() {
         s.pl.start(id).await?;
         return Ok(());
     }
@@ -146,19 +186,6 @@ pub async fn start(s: &AppState, id: &str) -> ApiResult<()> {
             "conflicting options: port publishing and the container type network mode (none)",
         ));
     }
-    let specs: Vec<PortSpec> = want
-        .iter()
-        .map(|(proto, cp, ip, hp)| PortSpec {
-            proto: if proto == "udp" {
-                Proto::Udp
-            } else {
-                Proto::Tcp
-            },
-            host_ip: ip.unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED)),
-            host_port: *hp,
-            container_port: *cp,
-        })
-        .collect();
     let bound = match proxy::bind(&specs).await {
         Ok(b) => b,
         Err(e) => {
@@ -170,7 +197,7 @@ pub async fn start(s: &AppState, id: &str) -> ApiResult<()> {
                 .values()
                 .any(|(_, maps)| {
                     maps.iter().any(|m| {
-                        m.host_port == e.spec().host_port && m.proto == proto_name(e.spec().proto)
+                        m.host_port == e.spec().host_port && m.proto == e.spec().proto.to_string()
                     })
                 });
             let ep = &v.config.id[..12];
@@ -198,36 +225,31 @@ pub async fn start(s: &AppState, id: &str) -> ApiResult<()> {
     let Some(ns) = s.net.netns(s) else {
         return Ok(());
     };
-    let maps: Vec<PortMap> = bound
-        .ports()
-        .iter()
-        .map(|b| PortMap {
-            proto: proto_name(b.spec.proto).into(),
-            container_port: b.spec.container_port,
-            host_ip: b.spec.host_ip,
-            host_port: b.host_port(),
-        })
-        .collect();
-    let published = bound.serve(ns, target);
+    let maps = s.net.serve_ports(&v.config.id, bound, ns, target);
     let f = ports_file(s, &v.config.id);
     let _ = std::fs::create_dir_all(f.parent().expect("has parent"));
     let _ = std::fs::write(&f, serde_json::to_vec(&maps).expect("serializable"));
-    s.net
-        .published
-        .lock()
-        .expect("lock")
-        .insert(v.config.id.clone(), (published, maps));
     Ok(())
 }
 
-fn proto_name(p: Proto) -> &'static str {
-    match p {
-        Proto::Tcp => "tcp",
-        Proto::Udp => "udp",
-    }
-}
-
 impl NetCtl {
+    /// Forward the bound ports to `target` from inside the namespace; what they are.
+    fn serve_ports(
+        &self,
+        id: &str,
+        bound: proxy::Bound,
+        ns: Netns,
+        target: Ipv4Addr,
+    ) -> Vec<PortMap> {
+        let maps: Vec<PortMap> = bound.ports().iter().map(PortMap::of).collect();
+        let published = bound.serve(ns, target);
+        self.published
+            .lock()
+            .expect("lock")
+            .insert(id.to_string(), (published, maps.clone()));
+        maps
+    }
+
     fn netns(&self, s: &AppState) -> Option<Netns> {
         let mut g = self.ns.lock().expect("lock");
         if g.is_none() {
@@ -262,26 +284,10 @@ impl NetCtl {
             else {
                 continue;
             };
-            let specs: Vec<PortSpec> = maps
-                .iter()
-                .map(|m| PortSpec {
-                    proto: if m.proto == "udp" {
-                        Proto::Udp
-                    } else {
-                        Proto::Tcp
-                    },
-                    host_ip: m.host_ip,
-                    host_port: m.host_port,
-                    container_port: m.container_port,
-                })
-                .collect();
+            let specs: Vec<PortSpec> = maps.iter().map(PortMap::spec).collect();
             match proxy::bind(&specs).await {
                 Ok(bound) => {
-                    let p = bound.serve(ns, target);
-                    self.published
-                        .lock()
-                        .expect("lock")
-                        .insert(v.config.id.clone(), (p, maps));
+                    self.serve_ports(&v.config.id, bound, ns, target);
                 }
                 Err(e) => tracing::error!(
                     "container {}: cannot publish its ports again: {e}",
