@@ -128,19 +128,9 @@ fn filtered(s: &AppState, raw: Option<&str>) -> ApiResult<Vec<(Value, bool)>> {
             )));
         }
     }
-    let dangling = match f
-        .get("dangling")
-        .and_then(|d| d.first())
-        .map(String::as_str)
-    {
+    let dangling = match f.get("dangling").and_then(|d| d.first()) {
+        Some(d) => Some(util::filter_bool("dangling", d).map_err(ApiError::bad_request)?),
         None => None,
-        Some("true" | "1") => Some(true),
-        Some("false" | "0") => Some(false),
-        Some(x) => {
-            return Err(ApiError::bad_request(format!(
-                "invalid filter 'dangling={x}'"
-            )))
-        }
     };
     let mut all: Vec<(Value, bool, bool, BTreeMap<String, String>)> =
         s.pl.network_list()

@@ -31,6 +31,15 @@ pub fn parse_filters(raw: Option<&str>) -> Result<BTreeMap<String, Vec<String>>,
 }
 
 /// Refuse filter keys a route does not know, with dockerd's wording.
+/// A boolean filter value as dockerd takes it (`true`/`1`, `false`/`0`).
+pub fn filter_bool(key: &str, x: &str) -> Result<bool, String> {
+    match x {
+        "true" | "1" => Ok(true),
+        "false" | "0" => Ok(false),
+        _ => Err(format!("invalid filter '{key}={x}'")),
+    }
+}
+
 pub fn check_filter_keys(
     f: &BTreeMap<String, Vec<String>>,
     allowed: &[&str],

@@ -73,22 +73,12 @@ struct ListQuery {
     filters: Option<String>,
 }
 
-fn dangling_value(x: &str) -> ApiResult<bool> {
-    match x {
-        "true" | "1" => Ok(true),
-        "false" | "0" => Ok(false),
-        _ => Err(ApiError::bad_request(format!(
-            "invalid filter 'dangling={x}'"
-        ))),
-    }
-}
-
 async fn list(State(s): State<AppState>, Query(q): Query<ListQuery>) -> ApiResult<Json<Value>> {
     let f = util::parse_filters(q.filters.as_deref()).map_err(ApiError::bad_request)?;
     util::check_filter_keys(&f, &["name", "label", "dangling", "driver"])
         .map_err(ApiError::bad_request)?;
     let dangling = match f.get("dangling").and_then(|d| d.first()) {
-        Some(d) => Some(dangling_value(d)?),
+        Some(d) => Some(util::filter_bool("dangling", d).map_err(ApiError::bad_request)?),
         None => None,
     };
     let used = used_volumes(&s);
@@ -234,8 +224,7 @@ async fn prune(State(s): State<AppState>, Query(q): Query<PruneQuery>) -> ApiRes
     let f = util::parse_filters(q.filters.as_deref()).map_err(ApiError::bad_request)?;
     util::check_filter_keys(&f, &["label", "label!", "all"]).map_err(ApiError::bad_request)?;
     let all = match f.get("all").and_then(|a| a.first()) {
-        Some(a) => dangling_value(a)
-            .map_err(|_| ApiError::bad_request(format!("invalid filter 'all={a}'")))?,
+        Some(a) => util::filter_bool("all", a).map_err(ApiError::bad_request)?,
         None => false,
     };
     let used = used_volumes(&s);
