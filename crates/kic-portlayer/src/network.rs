@@ -596,20 +596,7 @@ impl Networks {
         used: &BTreeSet<Ipv4Addr>,
     ) -> Result<Ipv4Addr> {
         if let Some(ip) = want {
-            if !net.user_subnet {
-                return Err(Error::invalid(
-                    "user specified IP address is supported only when connecting to networks with user configured subnets".to_string(),
-                ));
-            }
-            if !net.subnet.contains(&ip)
-                || ip == net.subnet.network()
-                || ip == net.subnet.broadcast()
-            {
-                return Err(Error::invalid(format!(
-                    "no available IPv4 address on network {}: {ip} is not in its subnet {}",
-                    net.name, net.subnet
-                )));
-            }
+            check_fixed_ip(net, ip)?;
             if used.contains(&ip) || ip == net.gateway {
                 return Err(Error::conflict(format!(
                     "Address already in use: {ip} on network {}",
@@ -633,6 +620,23 @@ impl Networks {
                 ))
             })
     }
+}
+
+/// Whether a container may ask for `ip` on `net` (Docker's `--ip`): only on a subnet the user
+/// gave, and only a host address of it.
+pub fn check_fixed_ip(net: &NetworkConfig, ip: Ipv4Addr) -> Result<()> {
+    if !net.user_subnet {
+        return Err(Error::invalid(
+            "user specified IP address is supported only when connecting to networks with user configured subnets",
+        ));
+    }
+    if !net.subnet.contains(&ip) || ip == net.subnet.network() || ip == net.subnet.broadcast() {
+        return Err(Error::invalid(format!(
+            "invalid IPv4 address {ip}: it is not a host address of network {}'s subnet {}",
+            net.name, net.subnet
+        )));
+    }
+    Ok(())
 }
 
 fn first_host(n: &Ipv4Net) -> Ipv4Addr {

@@ -581,17 +581,7 @@ impl PortLayer {
                 ));
             }
             if let Some(ip) = r.ipv4 {
-                if !n.user_subnet {
-                    return Err(Error::invalid(
-                        "user specified IP address is supported only when connecting to networks with user configured subnets",
-                    ));
-                }
-                if !n.subnet.contains(&ip) {
-                    return Err(Error::invalid(format!(
-                        "invalid IPv4 address {ip}: it is not in network {}'s subnet {}",
-                        n.name, n.subnet
-                    )));
-                }
+                crate::network::check_fixed_ip(&n, ip)?;
             }
             for l in &r.links {
                 if l.split(':').next().unwrap_or("").is_empty() {
