@@ -387,43 +387,50 @@ fn no_such_network_for(id: &str) -> ApiError {
     )
 }
 
+/// What connect and disconnect both start with: the body, the network (not `none`), the
+/// container.
+fn endpoint_target(
+    s: &AppState,
+    id: &str,
+    body: &[u8],
+) -> ApiResult<(ConnectBody, NetworkConfig, ContainerView)> {
+    let b: ConnectBody = serde_json::from_slice(body)
+        .map_err(|e| ApiError::bad_request(format!("invalid request: {e}")))?;
+    if id == NONE_NETWORK {
+        return Err(no_such_network_for(id));
+    }
+    let n = s.pl.network_find(id)?;
+    let v = s.pl.inspect(&b.container)?;
+    Ok((b, n, v))
+}
+
+fn publish_endpoint(s: &AppState, action: &str, n: &NetworkConfig, v: &ContainerView) {
+    let mut a = BTreeMap::new();
+    a.insert("container".into(), v.config.id.clone());
+    publish(s, action, n, a);
+}
+
 async fn connect(
     State(s): State<AppState>,
     Path(id): Path<String>,
     body: axum::body::Bytes,
 ) -> ApiResult<Response> {
-    let b: ConnectBody = serde_json::from_slice(&body)
-        .map_err(|e| ApiError::bad_request(format!("invalid request: {e}")))?;
-    if id == NONE_NETWORK {
-        return Err(no_such_network_for(&id));
-    }
-    let n = s.pl.network_find(&id)?;
-    let v = s.pl.inspect(&b.container)?;
+    let (b, n, v) = endpoint_target(&s, &id, &body)?;
     let req = b.endpoint_config.unwrap_or_default().request(&n.id)?;
     s.pl.network_connect(&v.config.id, req).await?;
-    let mut a = BTreeMap::new();
-    a.insert("container".into(), v.config.id.clone());
-    publish(&s, "connect", &n, a);
+    publish_endpoint(&s, "connect", &n, &v);
     Ok(StatusCode::OK.into_response())
 }
 
+/// `Force` changes nothing: a running container is refused either way (no NIC hot-plug).
 async fn disconnect(
     State(s): State<AppState>,
     Path(id): Path<String>,
     body: axum::body::Bytes,
 ) -> ApiResult<Response> {
-    let b: ConnectBody = serde_json::from_slice(&body)
-        .map_err(|e| ApiError::bad_request(format!("invalid request: {e}")))?;
-    if id == NONE_NETWORK {
-        return Err(no_such_network_for(&id));
-    }
-    let _ = b.force;
-    let n = s.pl.network_find(&id)?;
-    let v = s.pl.inspect(&b.container)?;
+    let (_, n, v) = endpoint_target(&s, &id, &body)?;
     s.pl.network_disconnect(&v.config.id, &n.id).await?;
-    let mut a = BTreeMap::new();
-    a.insert("container".into(), v.config.id.clone());
-    publish(&s, "disconnect", &n, a);
+    publish_endpoint(&s, "disconnect", &n, &v);
     Ok(StatusCode::OK.into_response())
 }
 
