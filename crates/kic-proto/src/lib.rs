@@ -28,10 +28,18 @@
 //!   writes back big-endian `u64` acknowledged offsets, and the guest frees buffered output only
 //!   when it is acknowledged.
 //!
+//! * [`StreamHeader::ArchiveGet`]: the guest answers with [`ArchiveStart`] and then the tar
+//!   stream as [`chunk`]s, ended by an end chunk that says whether it is complete;
+//! * [`StreamHeader::ArchivePut`]: the host sends a tar stream as [`chunk`]s ended by an end
+//!   chunk; the guest answers one [`Response`] frame (`Ok` or `Error`), possibly before it has
+//!   read everything (it stops reading on the first error);
+//! * [`StreamHeader::List`]: the guest sends [`ListBatch`] frames until one says `done`.
+//!
 //! Back-pressure is end to end: the guest stops reading a process's pipe while its unacknowledged
 //! buffer is full, and yamux's per-stream window stops the host writing stdin faster than the
 //! process reads it.
 
+pub mod chunk;
 pub mod frame;
 pub mod handshake;
 pub mod mux;
@@ -123,8 +131,147 @@ pub struct VolumeMount {
 pub enum StreamHeader {
     Request,
     Events,
-    Stdin { id: String },
-    Output { id: String, fd: u8, offset: u64 },
+    Stdin {
+        id: String,
+    },
+    Output {
+        id: String,
+        fd: u8,
+        offset: u64,
+    },
+    /// A tar stream of files in the container (`docker cp` out, `export`, `commit`).
+    ArchiveGet {
+        spec: ArchiveSpec,
+    },
+    /// A tar stream to unpack into a directory of the container (`docker cp` in).
+    ArchivePut {
+        spec: PutSpec,
+    },
+    /// Every file under a path, as `lstat` sees it (`docker diff`, `commit`).
+    List {
+        path: String,
+        one_fs: bool,
+    },
+}
+
+/// What an [`StreamHeader::ArchiveGet`] puts in the tar, in this order.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ArchiveSpec {
+    pub sources: Vec<ArchiveSource>,
+    /// Do not descend into directories on another filesystem than their source's (export and
+    /// commit leave out `/proc`, `/sys`, `/dev` and volumes; `docker cp` crosses into volumes).
+    #[serde(default)]
+    pub one_fs: bool,
+    /// Absolute paths recorded as deleted: each becomes a whiteout entry `dir/.wh.name`
+    /// (commit's layer), after the sources.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub whiteouts: Vec<String>,
+}
+
+/// One file or tree to archive.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ArchiveSource {
+    /// Absolute path in the container. Symlinks in its parent directories are followed
+    /// (never out of the container's root).
+    pub path: String,
+    /// Name of its entry in the tar; what is below it is named `name/...`. Empty means the
+    /// source's contents are at the top of the tar (`export` of `/`).
+    pub name: String,
+    /// Include what is below a directory.
+    pub recursive: bool,
+    /// Follow a symlink at `path` itself (`docker cp -L`, or a path ending in `/`).
+    #[serde(default)]
+    pub follow: bool,
+}
+
+/// Where and how an [`StreamHeader::ArchivePut`] unpacks.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PutSpec {
+    /// Absolute path of an existing directory in the container (symlinks followed, never out
+    /// of the container's root). Entries are confined to it whatever the archive says.
+    pub path: String,
+    /// Refuse to replace a directory with a non-directory or the reverse (Docker's
+    /// `noOverwriteDirNonDir`).
+    #[serde(default)]
+    pub no_overwrite_dir_non_dir: bool,
+    /// Owner (uid, gid) of every entry written; `None` keeps the archive's numeric owners.
+    #[serde(default)]
+    pub owner: Option<(u32, u32)>,
+}
+
+/// The guest's first frame on an archive stream.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ArchiveStart {
+    /// What the first source is (its `lstat`, or `stat` when followed).
+    pub stat: Option<PathStat>,
+    /// Set when the archive cannot be made; no chunks follow.
+    pub error: Option<String>,
+    /// The error is that the first source does not exist.
+    #[serde(default)]
+    pub not_found: bool,
+}
+
+/// What `docker cp` needs to know about a path (the `X-Docker-Container-Path-Stat` header).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PathStat {
+    /// Last element of the requested path.
+    pub name: String,
+    pub size: u64,
+    /// `st_mode`: file type and permission bits.
+    pub mode: u32,
+    pub mtime: i64,
+    pub mtime_nsec: u32,
+    /// For a symlink: the absolute path it resolves to inside the container.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub link_target: String,
+}
+
+/// What `lstat` says about one file (listings for `docker diff` and `commit`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileEntry {
+    /// Absolute path in the container (`/etc/passwd`); the root is `/`.
+    pub path: String,
+    /// `st_mode`: file type and permission bits.
+    pub mode: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub size: u64,
+    pub mtime: i64,
+    pub mtime_nsec: u32,
+    /// Device number of a device node.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub rdev: u64,
+    /// Target of a symlink.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub link: String,
+    /// The `security.capability` xattr in hex, if the file has one.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub capability: String,
+}
+
+fn is_zero(v: &u64) -> bool {
+    *v == 0
+}
+
+/// One frame of a [`StreamHeader::List`] answer.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListBatch {
+    pub entries: Vec<FileEntry>,
+    /// The last frame.
+    pub done: bool,
+    /// The listing failed (on the last frame).
+    #[serde(default)]
+    pub error: Option<String>,
+    /// The error is that the path does not exist.
+    #[serde(default)]
+    pub not_found: bool,
 }
 
 /// The guest's first frame on an output stream: where the bytes that follow start.
@@ -180,6 +327,21 @@ pub enum Request {
     },
     /// Process list as `ps -ef` would show it (for `docker top`).
     Top,
+    /// Maintenance of a stopped container (`docker cp`, `diff`, `commit`, `export`): mount its
+    /// root disk and volumes as `Start` would, without network, hostname files or any process.
+    /// A VM that got `Mount` refuses `Start`.
+    Mount {
+        spec: Box<ContainerSpec>,
+    },
+    /// End a maintenance VM: sync the disks and power off (after answering `Ok`). Refused
+    /// while a container process runs.
+    PowerOff,
+    /// `lstat` of a path (`stat` when `follow`), for `docker cp`'s HEAD.
+    Stat {
+        path: String,
+        #[serde(default)]
+        follow: bool,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -204,6 +366,10 @@ pub enum Response {
     Top {
         titles: Vec<String>,
         processes: Vec<Vec<String>>,
+    },
+    /// Answer to `Stat`; `None` when the path does not exist.
+    Stat {
+        stat: Option<PathStat>,
     },
     /// The request failed. `exit_code` is set when a process could not be started and carries
     /// the code a shell would report (126 not executable, 127 not found).
