@@ -18,6 +18,9 @@
 //! index) as OCI layouts without internet access.
 
 pub mod apply;
+pub mod changes;
+pub mod commit;
+pub mod files;
 pub mod content;
 pub mod digest;
 pub mod disk;

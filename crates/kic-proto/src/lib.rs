@@ -371,6 +371,13 @@ pub enum Response {
     Stat {
         stat: Option<PathStat>,
     },
+    /// The request cannot be done on this container's files as asked (a missing path, a
+    /// destination that is not a directory, an archive entry that would leave its target):
+    /// the caller's mistake, not the guest's failure. `not_found` when a path does not exist.
+    Refused {
+        message: String,
+        not_found: bool,
+    },
     /// The request failed. `exit_code` is set when a process could not be started and carries
     /// the code a shell would report (126 not executable, 127 not found).
     Error {
