@@ -4,7 +4,7 @@
 //! its target, whatever the archive says:
 //!
 //! * entry names and hard-link targets are cleaned; absolute names and names that climb out with
-//!   `..` are refused with [`ImageError::Unsafe`] naming the entry;
+//!   `..` are refused with [`Error::Unsafe`] naming the entry;
 //! * parents are resolved inside the target by [`RootDir::resolve_dir`]: absolute symlinks mean
 //!   "from the target's root" (as the guest sees them), relative ones that would climb above it
 //!   are refused;
@@ -20,20 +20,15 @@
 //! On error the target may hold part of the layer; callers apply into a staging directory they
 //! delete on failure. Nothing outside the target is touched in any case.
 
-mod root;
-mod sys;
-
 use std::collections::{BTreeMap, HashSet};
 use std::ffi::CString;
 use std::fs::File;
 use std::io::{self, Read};
 use std::os::fd::{FromRawFd, IntoRawFd};
 
-pub use root::{clean_name, RootDir};
-use root::{join, Components};
-use sys::AsFdBorrowed;
-
-use crate::error::{ImageError, Result};
+use crate::root::{clean_name, join, Components, RootDir};
+use crate::sys::{self, AsFdBorrowed};
+use crate::{Error, Result};
 
 /// What to honour while applying.
 #[derive(Debug, Clone, Copy)]
@@ -45,6 +40,15 @@ pub struct ApplyOptions {
     /// Refuse archives whose regular files hold more than this many bytes (decompression
     /// bombs must not fill the datastore).
     pub max_bytes: Option<u64>,
+    /// Owner (uid, gid) given to every entry written, whatever the archive says (`docker cp`
+    /// into a container as its user); overrides `preserve_owner`.
+    pub owner: Option<(u32, u32)>,
+    /// Refuse to replace an existing directory with a non-directory or the reverse (Docker's
+    /// `NoOverwriteDirNonDir`), with Docker's message.
+    pub no_overwrite_dir_non_dir: bool,
+    /// Apply the metadata of a `./` entry to the target directory itself (image layers); off
+    /// for `docker cp`, which leaves the destination directory as it is.
+    pub root_entry: bool,
 }
 
 impl Default for ApplyOptions {
@@ -53,6 +57,9 @@ impl Default for ApplyOptions {
             whiteouts: true,
             preserve_owner: true,
             max_bytes: None,
+            owner: None,
+            no_overwrite_dir_non_dir: false,
+            root_entry: true,
         }
     }
 }
@@ -104,9 +111,7 @@ pub fn apply_tar_at<R: Read>(
     )?;
     let base = root
         .resolve_dir(&want, false, dest)?
-        .ok_or_else(|| {
-            ImageError::Invalid(format!("destination directory {dest:?} does not exist"))
-        })?
+        .ok_or_else(|| Error::Invalid(format!("destination directory {dest:?} does not exist")))?
         .path;
     let mut archive = tar::Archive::new(reader);
     let mut ap = Applier {
@@ -120,10 +125,9 @@ pub fn apply_tar_at<R: Read>(
     };
     let entries = archive
         .entries()
-        .map_err(|e| ImageError::Invalid(format!("layer is not a tar archive: {e}")))?;
+        .map_err(|e| Error::Invalid(format!("layer is not a tar archive: {e}")))?;
     for entry in entries {
-        let mut entry =
-            entry.map_err(|e| ImageError::Invalid(format!("corrupt tar archive: {e}")))?;
+        let mut entry = entry.map_err(|e| Error::Invalid(format!("corrupt tar archive: {e}")))?;
         ap.entry(&mut entry)?;
     }
     ap.finish()?;
@@ -141,7 +145,7 @@ struct Meta {
 
 fn read_meta<R: Read>(entry: &mut tar::Entry<'_, R>, name: &str) -> Result<Meta> {
     let h = entry.header();
-    let bad = |e: io::Error| ImageError::Invalid(format!("bad tar header for {name:?}: {e}"));
+    let bad = |e: io::Error| Error::Invalid(format!("bad tar header for {name:?}: {e}"));
     let mut m = Meta {
         mode: h.mode().map_err(bad)? & 0o7777,
         // Empty numeric fields (seen in hand-made tars) mean 0, as in Go's archive/tar.
@@ -200,10 +204,13 @@ impl Applier<'_> {
         let Some(leaf) = leaf else {
             // "./": the root directory itself.
             if !kind.is_dir() {
-                return Err(ImageError::unsafe_entry(
+                return Err(Error::unsafe_entry(
                     &name,
                     "only a directory may name the target root",
                 ));
+            }
+            if !self.opts.root_entry {
+                return Ok(());
             }
             return self.root_dir_meta(&meta, &name);
         };
@@ -225,6 +232,28 @@ impl Applier<'_> {
             Err(e) => return Err(self.io("stat", &real, e)),
         };
         let keep_dir = kind.is_dir() && existing.as_ref().is_some_and(sys::is_dir);
+        if self.opts.no_overwrite_dir_non_dir {
+            if let Some(st) = &existing {
+                let (path, dest) = (
+                    self.root.display_path(&real),
+                    self.root.display_path(&self.base),
+                );
+                if sys::is_dir(st) && !kind.is_dir() {
+                    return Err(Error::Invalid(format!(
+                        "cannot overwrite directory {:?} with non-directory {:?}",
+                        path.display().to_string(),
+                        dest.display().to_string()
+                    )));
+                }
+                if !sys::is_dir(st) && kind.is_dir() {
+                    return Err(Error::Invalid(format!(
+                        "cannot overwrite non-directory {:?} with directory {:?}",
+                        path.display().to_string(),
+                        dest.display().to_string()
+                    )));
+                }
+            }
+        }
         if existing.is_some() && !keep_dir {
             if kind.is_hard_link() {
                 // Linking a name onto itself (seen in some layers) is a no-op.
@@ -255,7 +284,7 @@ impl Applier<'_> {
                 let n = io::copy(&mut entry.take(room.saturating_add(1)), &mut file)
                     .map_err(|e| self.io("write file", &real, e))?;
                 if n > room {
-                    return Err(ImageError::Invalid(format!(
+                    return Err(Error::Invalid(format!(
                         "archive unpacks to more than {} bytes (at {name:?}); use a larger disk size",
                         self.opts.max_bytes.unwrap_or(0)
                     )));
@@ -280,21 +309,20 @@ impl Applier<'_> {
             T::Symlink => {
                 let target = entry
                     .link_name_bytes()
-                    .ok_or_else(|| ImageError::Invalid(format!("symlink {name:?} has no target")))?
+                    .ok_or_else(|| Error::Invalid(format!("symlink {name:?} has no target")))?
                     .into_owned();
                 if target.is_empty() {
-                    return Err(ImageError::Invalid(format!(
+                    return Err(Error::Invalid(format!(
                         "symlink {name:?} has an empty target"
                     )));
                 }
                 let ctarget = CString::new(target).map_err(|_| {
-                    ImageError::unsafe_entry(&name, "symlink target contains a NUL byte")
+                    Error::unsafe_entry(&name, "symlink target contains a NUL byte")
                 })?;
                 sys::symlinkat(&ctarget, pfd, &cleaf)
                     .map_err(|e| self.io("create symlink", &real, e))?;
-                if self.opts.preserve_owner {
-                    sys::lchownat(pfd, &cleaf, meta.uid, meta.gid)
-                        .map_err(|e| self.io("chown", &real, e))?;
+                if let Some((uid, gid)) = self.owner(&meta) {
+                    sys::lchownat(pfd, &cleaf, uid, gid).map_err(|e| self.io("chown", &real, e))?;
                 }
                 sys::set_mtime_at(pfd, &cleaf, meta.mtime)
                     .map_err(|e| self.io("set mtime", &real, e))?;
@@ -302,16 +330,13 @@ impl Applier<'_> {
             T::Link => {
                 let target = self.link_target(entry, &name)?;
                 let Some((tleaf, tparent)) = target.split_last() else {
-                    return Err(ImageError::unsafe_entry(
-                        &name,
-                        "hard link to the target root",
-                    ));
+                    return Err(Error::unsafe_entry(&name, "hard link to the target root"));
                 };
                 let tdir = self
                     .root
                     .resolve_dir(tparent, false, &name)?
                     .ok_or_else(|| {
-                        ImageError::Invalid(format!(
+                        Error::Invalid(format!(
                             "hard link {name:?}: target /{} does not exist",
                             String::from_utf8_lossy(&join(&target))
                         ))
@@ -319,13 +344,13 @@ impl Applier<'_> {
                 let ctleaf = sys::cstr(tleaf).map_err(|e| self.io("name", &target, e))?;
                 match sys::lstatat(tdir.fd.as_fd_borrowed(), &ctleaf) {
                     Ok(st) if sys::is_dir(&st) => {
-                        return Err(ImageError::Invalid(format!(
+                        return Err(Error::Invalid(format!(
                             "hard link {name:?}: target is a directory"
                         )));
                     }
                     Ok(_) => {}
                     Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                        return Err(ImageError::Invalid(format!(
+                        return Err(Error::Invalid(format!(
                             "hard link {name:?}: target /{} does not exist",
                             String::from_utf8_lossy(&join(&target))
                         )))
@@ -347,16 +372,15 @@ impl Applier<'_> {
                 let dev = libc::makedev(major, minor);
                 sys::mknodat(pfd, &cleaf, fmt | (meta.mode & 0o777), dev)
                     .map_err(|e| self.io("create device node", &real, e))?;
-                if self.opts.preserve_owner {
-                    sys::lchownat(pfd, &cleaf, meta.uid, meta.gid)
-                        .map_err(|e| self.io("chown", &real, e))?;
+                if let Some((uid, gid)) = self.owner(&meta) {
+                    sys::lchownat(pfd, &cleaf, uid, gid).map_err(|e| self.io("chown", &real, e))?;
                 }
                 sys::fchmodat(pfd, &cleaf, meta.mode).map_err(|e| self.io("chmod", &real, e))?;
                 sys::set_mtime_at(pfd, &cleaf, meta.mtime)
                     .map_err(|e| self.io("set mtime", &real, e))?;
             }
             other => {
-                return Err(ImageError::Invalid(format!(
+                return Err(Error::Invalid(format!(
                     "unhandled tar entry type {:?} for {name:?}",
                     other.as_byte() as char
                 )));
@@ -368,20 +392,24 @@ impl Applier<'_> {
     fn link_target<R: Read>(&self, entry: &tar::Entry<'_, R>, name: &str) -> Result<Components> {
         let t = entry
             .link_name_bytes()
-            .ok_or_else(|| ImageError::Invalid(format!("hard link {name:?} has no target")))?;
+            .ok_or_else(|| Error::Invalid(format!("hard link {name:?} has no target")))?;
         let mut c = self.base.clone();
         c.extend(clean_name(&t, name, "its hard-link target")?);
         if c.is_empty() {
-            return Err(ImageError::unsafe_entry(
-                name,
-                "hard link to the target root",
-            ));
+            return Err(Error::unsafe_entry(name, "hard link to the target root"));
         }
         Ok(c)
     }
 
-    fn io(&self, op: &'static str, rel: &[Vec<u8>], e: io::Error) -> ImageError {
-        ImageError::io(op, self.root.display_path(rel), e)
+    /// Who an entry written now belongs to; `None` leaves it to the caller's ids.
+    fn owner(&self, meta: &Meta) -> Option<(u32, u32)> {
+        self.opts
+            .owner
+            .or(self.opts.preserve_owner.then_some((meta.uid, meta.gid)))
+    }
+
+    fn io(&self, op: &'static str, rel: &[Vec<u8>], e: io::Error) -> Error {
+        Error::io(op, self.root.display_path(rel), e)
     }
 
     fn mark_added(&mut self, real: &[Vec<u8>]) {
@@ -393,8 +421,8 @@ impl Applier<'_> {
     /// Owner, mode and xattrs on an open fd (order matters: chown clears setuid bits).
     fn fd_meta(&self, file: &File, meta: &Meta, real: &[Vec<u8>]) -> Result<()> {
         let fd = file.as_fd_borrowed();
-        if self.opts.preserve_owner {
-            sys::fchown(fd, meta.uid, meta.gid).map_err(|e| self.io("chown", real, e))?;
+        if let Some((uid, gid)) = self.owner(meta) {
+            sys::fchown(fd, uid, gid).map_err(|e| self.io("chown", real, e))?;
         }
         sys::fchmod(fd, meta.mode).map_err(|e| self.io("chmod", real, e))?;
         for (k, v) in &meta.xattrs {
@@ -439,7 +467,7 @@ impl Applier<'_> {
         }
         let victim = &leaf[WHITEOUT_PREFIX.len()..];
         if victim.is_empty() || victim == b"." || victim == b".." {
-            return Err(ImageError::unsafe_entry(
+            return Err(Error::unsafe_entry(
                 name,
                 "whiteout names no entry inside its directory (empty, '.' or '..')",
             ));
@@ -507,4 +535,5 @@ impl Applier<'_> {
 }
 
 #[cfg(test)]
+#[path = "apply_tests.rs"]
 mod tests;

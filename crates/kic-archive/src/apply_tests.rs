@@ -192,14 +192,14 @@ fn run(case: &Case) {
         case.name
     );
     match (&case.want, result) {
-        (Want::Unsafe(entry), Err(ImageError::Unsafe { entry: got, reason })) => {
+        (Want::Unsafe(entry), Err(Error::Unsafe { entry: got, reason })) => {
             assert_eq!(
                 &got, entry,
                 "{}: wrong entry named (reason: {reason})",
                 case.name
             )
         }
-        (Want::Invalid(msg), Err(err @ ImageError::Invalid(_))) => {
+        (Want::Invalid(msg), Err(err @ Error::Invalid(_))) => {
             assert!(err.to_string().contains(msg), "{}: {err}", case.name)
         }
         (Want::Ok(check), Ok(_)) => check(&target),
@@ -604,7 +604,7 @@ fn docker_cp_mode_keeps_whiteout_names() {
     let opts = ApplyOptions {
         whiteouts: false,
         preserve_owner: false,
-        max_bytes: None,
+        ..ApplyOptions::default()
     };
     apply_tar(&root, &tar_of(&[e(".wh.x", K::File(b"1"))])[..], opts).unwrap();
     assert!(tmp.path().join(".wh.x").exists());
@@ -621,7 +621,7 @@ fn apply_under_a_destination_directory() {
     let opts = ApplyOptions {
         whiteouts: false,
         preserve_owner: false,
-        max_bytes: None,
+        ..ApplyOptions::default()
     };
     // Through an absolute symlink inside the root, as `docker cp x ctr:/link/dir` would.
     let st = apply_tar_at(
@@ -645,7 +645,7 @@ fn apply_under_a_destination_directory() {
         opts,
     )
     .unwrap_err();
-    assert!(matches!(err, ImageError::Unsafe { .. }), "{err}");
+    assert!(matches!(err, Error::Unsafe { .. }), "{err}");
     let err = apply_tar_at(
         &root,
         "real",
@@ -653,7 +653,7 @@ fn apply_under_a_destination_directory() {
         opts,
     )
     .unwrap_err();
-    assert!(matches!(err, ImageError::Unsafe { .. }), "{err}");
+    assert!(matches!(err, Error::Unsafe { .. }), "{err}");
     let err = apply_tar_at(&root, "nope", &tar_of(&[e("x", K::File(b"1"))])[..], opts).unwrap_err();
     assert!(err.to_string().contains("does not exist"), "{err}");
     assert!(!tmp.path().join("x").exists());

@@ -13,8 +13,8 @@ use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
 
-use super::sys::{self, AsFdBorrowed};
-use crate::error::{ImageError, Result};
+use crate::sys::{self, AsFdBorrowed};
+use crate::{Error, Result};
 
 /// Most symlinks followed while resolving one path, as Linux's MAXSYMLINKS.
 const MAX_SYMLINKS: usize = 40;
@@ -34,13 +34,13 @@ pub fn join(c: &[Vec<u8>]) -> Vec<u8> {
 /// drops `.` and empty components. `a/../b` is `b`.
 pub fn clean_name(raw: &[u8], entry: &str, what: &str) -> Result<Components> {
     if raw.first() == Some(&b'/') {
-        return Err(ImageError::unsafe_entry(
+        return Err(Error::unsafe_entry(
             entry,
             format!("{what} is an absolute path; archive entries must be relative to the target"),
         ));
     }
     if raw.contains(&0) {
-        return Err(ImageError::unsafe_entry(
+        return Err(Error::unsafe_entry(
             entry,
             format!("{what} contains a NUL byte"),
         ));
@@ -51,7 +51,7 @@ pub fn clean_name(raw: &[u8], entry: &str, what: &str) -> Result<Components> {
             b"" | b"." => {}
             b".." => {
                 if out.pop().is_none() {
-                    return Err(ImageError::unsafe_entry(
+                    return Err(Error::unsafe_entry(
                         entry,
                         format!("{what} climbs out of the target with '..'"),
                     ));
@@ -69,6 +69,34 @@ pub struct RootDir {
     path: PathBuf,
 }
 
+/// Cleans an absolute path in the container lexically, as the kernel would inside a chroot:
+/// `..` at the root stays there, `.` and empty parts go.
+pub fn clean_container_path(path: &[u8]) -> Components {
+    let mut out: Components = Vec::new();
+    for c in path.split(|b| *b == b'/') {
+        match c {
+            b"" | b"." => {}
+            b".." => {
+                out.pop();
+            }
+            c => out.push(c.to_vec()),
+        }
+    }
+    out
+}
+
+/// A path found inside the root by [`RootDir::lookup`].
+pub struct Found {
+    /// The directory holding it (for the root itself: the root).
+    pub dir: ResolvedDir,
+    /// Its name in `dir`; `None` for the root itself.
+    pub leaf: Option<CString>,
+    /// Its real (symlink-free) path in the root.
+    pub path: Components,
+    /// Its `lstat`.
+    pub stat: libc::stat,
+}
+
 /// A directory found inside the root: its fd and its real (symlink-free) path.
 pub struct ResolvedDir {
     pub fd: OwnedFd,
@@ -79,7 +107,7 @@ impl RootDir {
     /// Opens `path` as the root of all later operations.
     pub fn open(path: &Path) -> Result<RootDir> {
         let c = CString::new(path.as_os_str().as_encoded_bytes())
-            .map_err(|_| ImageError::Invalid(format!("bad path {}", path.display())))?;
+            .map_err(|_| Error::Invalid(format!("bad path {}", path.display())))?;
         // SAFETY: NUL-terminated path.
         let fd = unsafe {
             libc::open(
@@ -88,7 +116,7 @@ impl RootDir {
             )
         };
         if fd < 0 {
-            return Err(ImageError::io(
+            return Err(Error::io(
                 "open target directory",
                 path,
                 io::Error::last_os_error(),
@@ -115,6 +143,86 @@ impl RootDir {
         self.fd.as_fd()
     }
 
+    /// A root for a directory found inside this one (`docker cp`'s destination): every later
+    /// operation is confined to it. Messages name it by this root's display path.
+    pub fn subdir(&self, dir: &ResolvedDir) -> Result<RootDir> {
+        let fd = self
+            .open_in_root(&dir.path, libc::O_PATH | libc::O_DIRECTORY)
+            .map_err(|e| Error::io("open directory", self.display_path(&dir.path), e))?;
+        Ok(RootDir {
+            fd,
+            path: self.display_path(&dir.path),
+        })
+    }
+
+    /// Finds `path` (absolute in the container; a relative one means the same) as a process
+    /// chrooted here would: symlinks in its parents followed (absolute ones from this root, `..`
+    /// never above it), the last component followed too when `follow`. `Ok(None)` when it does
+    /// not exist; the second value is the real path that was looked for last (for a dangling
+    /// symlink: where it points).
+    pub fn lookup(&self, path: &str, follow: bool) -> Result<(Components, Option<Found>)> {
+        let mut want = clean_container_path(path.as_bytes());
+        let mut links = 0usize;
+        loop {
+            let Some((leaf, parent)) = want.split_last() else {
+                let fd = self
+                    .open_in_root(&[], libc::O_PATH | libc::O_DIRECTORY)
+                    .map_err(|e| Error::io("open", self.display_path(&[]), e))?;
+                let stat = sys::lstatat(fd.as_fd_borrowed(), c"")
+                    .map_err(|e| Error::io("stat", self.display_path(&[]), e))?;
+                let found = Found {
+                    dir: ResolvedDir {
+                        fd,
+                        path: Vec::new(),
+                    },
+                    leaf: None,
+                    path: Vec::new(),
+                    stat,
+                };
+                return Ok((want, Some(found)));
+            };
+            let Some(dir) = self.resolve_dir_as(parent, false, path, true)? else {
+                return Ok((want, None));
+            };
+            let cleaf =
+                sys::cstr(leaf).map_err(|e| Error::io("look up", self.display_path(&want), e))?;
+            let mut real = dir.path.clone();
+            real.push(leaf.clone());
+            let stat = match sys::lstatat(dir.fd.as_fd_borrowed(), &cleaf) {
+                Ok(st) => st,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok((real, None)),
+                Err(e) => return Err(Error::io("stat", self.display_path(&real), e)),
+            };
+            if follow && sys::is_symlink(&stat) {
+                links += 1;
+                if links > MAX_SYMLINKS {
+                    return Err(Error::Invalid(format!(
+                        "{path}: too many levels of symbolic links"
+                    )));
+                }
+                let target = sys::readlinkat(dir.fd.as_fd_borrowed(), &cleaf)
+                    .map_err(|e| Error::io("read symlink", self.display_path(&real), e))?;
+                let mut next = if target.first() == Some(&b'/') {
+                    Vec::new()
+                } else {
+                    dir.path.clone()
+                };
+                next.push(target);
+                want = clean_container_path(&join(&next));
+                continue;
+            }
+            return Ok((
+                real.clone(),
+                Some(Found {
+                    dir,
+                    leaf: Some(cleaf),
+                    path: real,
+                    stat,
+                }),
+            ));
+        }
+    }
+
     /// Opens a root-relative, already resolved path with `openat2(RESOLVE_IN_ROOT)`.
     pub fn open_in_root(&self, rel: &[Vec<u8>], flags: libc::c_int) -> io::Result<OwnedFd> {
         let p = sys::cstr(&join(rel))?;
@@ -136,12 +244,25 @@ impl RootDir {
         create: bool,
         entry: &str,
     ) -> Result<Option<ResolvedDir>> {
+        self.resolve_dir_as(comps, create, entry, false)
+    }
+
+    /// [`RootDir::resolve_dir`] with the kernel's semantics inside a chroot when `container`:
+    /// `..` at the root stays at the root, and a component that is not a directory means the
+    /// path does not exist (`Ok(None)`).
+    fn resolve_dir_as(
+        &self,
+        comps: &[Vec<u8>],
+        create: bool,
+        entry: &str,
+        container: bool,
+    ) -> Result<Option<ResolvedDir>> {
         let mut pending: VecDeque<Vec<u8>> = comps.iter().cloned().collect();
         let mut real: Components = Vec::new();
         let mut links = 0usize;
         let open_dir = |real: &Components| -> Result<OwnedFd> {
             self.open_in_root(real, libc::O_PATH | libc::O_DIRECTORY)
-                .map_err(|e| ImageError::io("open directory", self.display_path(real), e))
+                .map_err(|e| Error::io("open directory", self.display_path(real), e))
         };
         let mut cur = open_dir(&real)?;
         while let Some(c) = pending.pop_front() {
@@ -150,8 +271,8 @@ impl RootDir {
             }
             if c == b".." {
                 // Only symlink targets bring `..` here: entry names were cleaned already.
-                if real.pop().is_none() {
-                    return Err(ImageError::unsafe_entry(
+                if real.pop().is_none() && !container {
+                    return Err(Error::unsafe_entry(
                         entry,
                         "its path is resolved through a symlink that points outside the target",
                     ));
@@ -159,8 +280,8 @@ impl RootDir {
                 cur = open_dir(&real)?;
                 continue;
             }
-            let name = sys::cstr(&c)
-                .map_err(|e| ImageError::io("resolve", self.display_path(&real), e))?;
+            let name =
+                sys::cstr(&c).map_err(|e| Error::io("resolve", self.display_path(&real), e))?;
             match sys::lstatat(cur.as_fd_borrowed(), &name) {
                 Ok(st) if sys::is_dir(&st) => {
                     real.push(c);
@@ -169,13 +290,13 @@ impl RootDir {
                 Ok(st) if sys::is_symlink(&st) => {
                     links += 1;
                     if links > MAX_SYMLINKS {
-                        return Err(ImageError::unsafe_entry(
+                        return Err(Error::unsafe_entry(
                             entry,
                             "too many levels of symbolic links in its path",
                         ));
                     }
                     let target = sys::readlinkat(cur.as_fd_borrowed(), &name)
-                        .map_err(|e| ImageError::io("read symlink", self.display_path(&real), e))?;
+                        .map_err(|e| Error::io("read symlink", self.display_path(&real), e))?;
                     if target.first() == Some(&b'/') {
                         // Absolute: relative to the target's root, as the guest sees it.
                         real.clear();
@@ -187,10 +308,11 @@ impl RootDir {
                         }
                     }
                 }
+                Ok(_) if container => return Ok(None),
                 Ok(_) => {
                     let mut p = real.clone();
                     p.push(c);
-                    return Err(ImageError::Invalid(format!(
+                    return Err(Error::Invalid(format!(
                         "cannot extract {entry:?}: /{} is not a directory",
                         String::from_utf8_lossy(&join(&p))
                     )));
@@ -212,7 +334,7 @@ impl RootDir {
                             if let Err(e) = fd {
                                 let mut p = real.clone();
                                 p.push(c);
-                                return Err(ImageError::io(
+                                return Err(Error::io(
                                     "chmod new directory",
                                     self.display_path(&p),
                                     e,
@@ -223,11 +345,7 @@ impl RootDir {
                         Err(e) => {
                             let mut p = real.clone();
                             p.push(c);
-                            return Err(ImageError::io(
-                                "create directory",
-                                self.display_path(&p),
-                                e,
-                            ));
+                            return Err(Error::io("create directory", self.display_path(&p), e));
                         }
                     }
                     // Re-examine: it is a directory now (or something raced; the loop decides).
@@ -236,7 +354,7 @@ impl RootDir {
                 Err(e) => {
                     let mut p = real.clone();
                     p.push(c);
-                    return Err(ImageError::io("stat", self.display_path(&p), e));
+                    return Err(Error::io("stat", self.display_path(&p), e));
                 }
             }
         }

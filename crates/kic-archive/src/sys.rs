@@ -289,3 +289,71 @@ impl AsFdBorrowed for File {
         std::os::fd::AsFd::as_fd(self)
     }
 }
+
+/// Names of the extended attributes of an open file (not of a symlink: open it first).
+pub fn flistxattr(fd: BorrowedFd<'_>) -> io::Result<Vec<Vec<u8>>> {
+    let mut buf = vec![0u8; 1024];
+    loop {
+        // SAFETY: valid fd and a buffer of the given length.
+        let n = unsafe {
+            libc::flistxattr(
+                fd.as_raw_fd(),
+                buf.as_mut_ptr() as *mut libc::c_char,
+                buf.len(),
+            )
+        };
+        if n >= 0 {
+            buf.truncate(n as usize);
+            return Ok(buf
+                .split(|b| *b == 0)
+                .filter(|n| !n.is_empty())
+                .map(<[u8]>::to_vec)
+                .collect());
+        }
+        let e = io::Error::last_os_error();
+        match e.raw_os_error() {
+            Some(libc::ERANGE) if buf.len() < 1 << 20 => buf.resize(buf.len() * 4, 0),
+            Some(libc::ENOTSUP) => return Ok(Vec::new()),
+            _ => return Err(e),
+        }
+    }
+}
+
+/// The value of one extended attribute of an open file; `None` when it has none.
+pub fn fgetxattr(fd: BorrowedFd<'_>, name: &CStr) -> io::Result<Option<Vec<u8>>> {
+    let mut buf = vec![0u8; 256];
+    loop {
+        // SAFETY: valid fd, NUL-terminated name, buffer of the given length.
+        let n = unsafe {
+            libc::fgetxattr(
+                fd.as_raw_fd(),
+                name.as_ptr(),
+                buf.as_mut_ptr() as *mut libc::c_void,
+                buf.len(),
+            )
+        };
+        if n >= 0 {
+            buf.truncate(n as usize);
+            return Ok(Some(buf));
+        }
+        let e = io::Error::last_os_error();
+        match e.raw_os_error() {
+            Some(libc::ERANGE) if buf.len() < 1 << 20 => buf.resize(buf.len() * 4, 0),
+            Some(libc::ENODATA) | Some(libc::ENOTSUP) => return Ok(None),
+            _ => return Err(e),
+        }
+    }
+}
+
+/// `fstatfs(fd).f_type`: which filesystem an open file is on.
+#[allow(clippy::unnecessary_cast)] // f_type's C type differs between targets
+pub fn fs_type(fd: BorrowedFd<'_>) -> io::Result<i64> {
+    let mut st = std::mem::MaybeUninit::<libc::statfs>::uninit();
+    // SAFETY: valid fd; st is written by the kernel on success.
+    cvt(unsafe { libc::fstatfs(fd.as_raw_fd(), st.as_mut_ptr()) })?;
+    // SAFETY: initialised by a successful fstatfs.
+    Ok(unsafe { st.assume_init() }.f_type as i64)
+}
+
+pub const PROC_SUPER_MAGIC: i64 = 0x9fa0;
+pub const SYSFS_MAGIC: i64 = 0x6265_6572;

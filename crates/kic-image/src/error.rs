@@ -115,5 +115,17 @@ impl ImageError {
     }
 }
 
+impl From<kic_archive::Error> for ImageError {
+    fn from(e: kic_archive::Error) -> Self {
+        match e {
+            kic_archive::Error::Unsafe { entry, reason } => ImageError::Unsafe { entry, reason },
+            kic_archive::Error::Invalid(m) | kic_archive::Error::NotFound(m) => {
+                ImageError::Invalid(m)
+            }
+            kic_archive::Error::Io { op, path, source } => ImageError::Io { op, path, source },
+        }
+    }
+}
+
 /// Shorthand used across the crate.
 pub type Result<T, E = ImageError> = std::result::Result<T, E>;
