@@ -178,7 +178,8 @@ pub fn make_ext4(staging: &Path, out: &Path, size_bytes: u64) -> Result<()> {
         .map_err(|e| ImageError::io("chmod", out, e))
 }
 
-/// Builds the image disk of `id` unless it exists: staging tree, layers, mke2fs, rename.
+/// Builds the image disk of `id` unless it exists: staging tree, layers, file manifest
+/// ([`crate::files`]), mke2fs, rename.
 /// Returns the size of the unpacked tree, or `None` if the disk was there already. Holds the
 /// image's disk lock meanwhile.
 pub fn build_disk(
@@ -212,6 +213,8 @@ pub fn build_disk(
         Some(size_bytes),
         events,
     )?;
+    // The image's file set, for `docker diff` and `commit` (before mke2fs adds /lost+found).
+    crate::files::write_manifest(layout, id, &crate::files::scan_tree(staging.path())?)?;
     let size = tree_size(staging.path());
     let part = tmp.join(format!("{}.raw.part", id.hex()));
     let _ = fs::remove_file(&part);

@@ -7,6 +7,7 @@
 //! ├── disks/<id hex>.raw             one sparse, read-only ext4 image disk per image id (0644);
 //! │                                  the lower layer of every container disk of that image
 //! ├── meta/<id hex>.json             image metadata (config, manifest digests, layers, size)
+//! ├── meta/<id hex>.files.json.gz    the image's file manifest (`files.rs`: diff and commit)
 //! ├── repositories.json              references -> image id: tags (`docker.io/library/x:1`)
 //! │                                  and digest references (`docker.io/library/x@sha256:..`)
 //! ├── locks/store.lock               flock held while metadata changes
@@ -59,6 +60,11 @@ impl Layout {
 
     pub fn meta(&self, id: &Digest) -> PathBuf {
         self.meta_dir().join(format!("{}.json", id.hex()))
+    }
+
+    /// The gzipped file manifest of image `id` (see [`crate::files`]).
+    pub fn files(&self, id: &Digest) -> PathBuf {
+        self.meta_dir().join(format!("{}.files.json.gz", id.hex()))
     }
 
     pub fn repositories(&self) -> PathBuf {

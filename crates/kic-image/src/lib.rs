@@ -20,11 +20,11 @@
 pub mod apply;
 pub mod changes;
 pub mod commit;
-pub mod files;
 pub mod content;
 pub mod digest;
 pub mod disk;
 pub mod error;
+pub mod files;
 pub mod layout;
 pub mod mkimage;
 pub mod oci;
@@ -34,6 +34,8 @@ pub mod spec;
 mod store;
 pub mod transfer;
 
+pub use changes::{changes, Change, ChangeKind};
+pub use commit::{apply_changes, merge_config, CommitRequest};
 pub use digest::Digest;
 pub use error::{ErrorKind, ImageError};
 pub use reference::Reference;

@@ -465,6 +465,10 @@ impl ImageStore {
         }
         let mp = self.layout.meta(&id);
         let _ = fs::remove_file(&mp);
+        if !keep_disk {
+            // A kept disk keeps its file manifest: its containers still diff against it.
+            let _ = crate::files::remove_manifest(&self.layout, &id);
+        }
         self.save_repos(&repos)?;
         let still: BTreeSet<Digest> = self.all_meta()?.into_iter().flat_map(|m| m.blobs).collect();
         for b in meta.blobs.iter().filter(|b| !still.contains(*b)) {
