@@ -26,3 +26,6 @@ pub use list::{list, stat};
 pub use put::put_archive;
 pub use root::{clean_name, join, Components, ResolvedDir, RootDir};
 pub use write::write_archive;
+
+#[cfg(test)]
+mod guest_tests;

@@ -124,6 +124,9 @@ impl<W: Write> Writer<'_, W> {
         h.set_gid(st.st_gid as u64);
         h.set_mtime(st.st_mtime.max(0) as u64);
         h.set_size(0);
+        // Numeric fields are written as numbers even when unused (strict readers want that).
+        let _ = h.set_device_major(0);
+        let _ = h.set_device_minor(0);
         h
     }
 
@@ -305,6 +308,10 @@ impl<W: Write> Writer<'_, W> {
         h.set_entry_type(tar::EntryType::Regular);
         h.set_mode(0o600);
         h.set_size(0);
+        h.set_uid(0);
+        h.set_gid(0);
+        let _ = h.set_device_major(0);
+        let _ = h.set_device_minor(0);
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_secs())
