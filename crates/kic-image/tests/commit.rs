@@ -199,6 +199,28 @@ async fn commit_adds_a_layer_and_files_follow() {
             .collect::<Vec<_>>()
     );
 
+    // What the guest will see on the disk is what the manifest says (bar mke2fs's
+    // /lost+found): mount it read-only and diff the two.
+    let mnt = tempfile::tempdir().unwrap();
+    let mounted = std::process::Command::new("mount")
+        .args(["-o", "loop,ro"])
+        .arg(&rec.disk)
+        .arg(mnt.path())
+        .status()
+        .is_ok_and(|s| s.success());
+    if mounted {
+        let seen = kic_image::files::scan_tree(mnt.path());
+        let _ = std::process::Command::new("umount")
+            .arg(mnt.path())
+            .status();
+        let seen = seen.unwrap();
+        assert!(seen.iter().any(|e| e.path == "/lost+found"));
+        let d = changes(&files, &seen, &|p| p == "/lost+found");
+        assert!(d.is_empty(), "disk differs from its manifest: {d:?}");
+    } else {
+        eprintln!("note: cannot loop-mount here; disk-versus-manifest check skipped");
+    }
+
     // No changes: no layer, an empty_layer history entry, still a new image.
     let empty = tmp.path().join("empty.tar");
     std::fs::write(&empty, [0u8; 1024]).unwrap();
