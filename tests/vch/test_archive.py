@@ -62,7 +62,9 @@ def ad(request, tmpdir_session):
 @pytest.fixture(scope="module")
 def sdk(ad):
     """The Python Docker SDK on the same endpoint (for raw archive API calls)."""
-    client = dockersdk.from_env(environment=ad.env, version="auto", timeout=int(t(120)))
+    # A fixed version: "auto" would ask the endpoint before trust_env can be turned off.
+    version = "%d.%d" % ad.api
+    client = dockersdk.from_env(environment=ad.env, version=version, timeout=int(t(120)))
     # python-requests would let REQUESTS_CA_BUNDLE replace the endpoint's CA (see README).
     client.api.trust_env = False
     yield client
@@ -71,8 +73,8 @@ def sdk(ad):
 
 @pytest.fixture(scope="module")
 def host_tree(tmp_path_factory):
-    """Host files to copy in: f.txt (uid 1234:2345, 0640) and tree/ (nested dirs, a symlink,
-    a 0750 dir, a 4755 file, an empty 0700 dir, a file owned by 1234), fixed mtimes."""
+    """Host files to copy in: f.txt (uid 1234:2345, 0640) and tree/ (0751; nested dirs, a
+    symlink, a 0750 dir, a 4755 file, an empty 0700 dir, a file owned by 1234), fixed mtimes."""
     root = tmp_path_factory.mktemp("hosttree")
     f = root / "f.txt"
     f.write_text("hello from the host\n")
@@ -92,7 +94,7 @@ def host_tree(tmp_path_factory):
     os.chmod(tree / "sub", 0o750)
     os.chmod(tree / "sub" / "deep", 0o755)
     os.chmod(tree / "empty", 0o700)
-    os.chmod(tree, 0o755)
+    os.chmod(tree, 0o751)
     for p in (f, tree / "a", tree / "sub" / "deep" / "b", tree / "suid"):
         os.utime(p, (MTIME, MTIME))
     return root
@@ -227,11 +229,13 @@ def test_cp_running_container_round_trip(ad, running, host_tree, tmp_path):
     ad.ok("cp", str(tree), f"{c}:/copy")              # a directory to a new name ...
     ad.ok("cp", str(tree), f"{c}:/copy")              # ... and again: now it goes inside it
     ad.ok("cp", f"{tree}/.", f"{c}:/dot")             # contents into an existing directory
+    ad.ok("cp", f"{tree}/.", f"{c}:/fromdot")         # contents to a new name: the dir itself
     ad.ok("cp", str(tree), f"{c}:/vol/")              # into the named volume
     ad.ok("cp", "-", f"{c}:/tmp", input=stdin_tar())  # a tar on stdin
 
-    got = listings_in(ad, c, "/tmp/tree", "/copy", "/dot", "/vol/tree", "/tmp/in")
+    got = listings_in(ad, c, "/tmp/tree", "/copy", "/dot", "/fromdot", "/vol/tree", "/tmp/in")
     assert got["/tmp/tree"] == src
+    assert got["/fromdot"] == src
     assert got["/vol/tree"] == src
     copy = {k: v for k, v in got["/copy"].items() if not k.startswith("./tree")}
     assert copy == src, "a directory copied to a new name is that directory under the new name"
@@ -252,6 +256,10 @@ def test_cp_running_container_round_trip(ad, running, host_tree, tmp_path):
     ], "cp keeps the host file's owner, mode and mtime (with or without -a when the container has no USER)"
     assert ad.out("exec", c, "cat", "/tmp/fa.txt", "/dot/sub/deep/b") == "hello from the host\nb in deep"
     assert ad.out("exec", c, "/tmp/tree/suid") == "suid"
+    # A file onto an existing file replaces it, owner and mode included.
+    ad.ok("cp", str(tree / "suid"), f"{c}:/tmp/fa.txt")
+    assert ad.out("exec", c, "stat", "-c", "%a|%u|%g|%Y", "/tmp/fa.txt") == f"4755|0|0|{MTIME}"
+    assert ad.out("exec", c, "/tmp/fa.txt") == "suid"
 
     # Container -> host: owned by the CLI's user, modes, mtimes and links kept.
     me = (os.getuid(), os.getgid())
@@ -310,6 +318,8 @@ def plain(ad):
     ad.ok("run", "-d", "--name", name, *NET, "busybox", "sh", "-c",
           "mkdir -p /s/sub/deep && echo bee > /s/sub/deep/b && ln -s sub/deep/b /s/link && "
           "echo x > /s/suid && chmod 4755 /s/suid && chmod 0750 /s/sub && touch -d @1000000000 /s/suid && "
+          "mkdir -p /lk/d2 && echo inside > /lk/d2/inside && echo old > /lk/target && ln -s target /lk/filelink && "
+          "ln -s /lk/d2 /lk/dirlink && ln -s nowhere /lk/dangling && "
           "echo ready > /s/ready && exec sleep 3600", timeout=180)
     wait_until(f"{name} to set up /s", lambda: ad("exec", name, "cat", "/s/ready").out.strip() == "ready", 60)
     yield name
@@ -355,6 +365,32 @@ def test_cp_errors_use_dockers_messages(ad, plain, host_tree, tmp_path):
     assert (tmp_path / "afile").read_text() == "x"
 
 
+def test_cp_through_symlinks(ad, plain, host_tree, tmp_path):
+    """The CLI resolves a symlinked destination with the stat header's linkTarget: the copy
+    lands where the link points (a dangling one included), the link stays. Out of a
+    container, a link is copied as a link unless -L or a trailing slash follows it."""
+    c, f = plain, host_tree / "f.txt"
+    ad.ok("cp", str(f), f"{c}:/lk/filelink")
+    ad.ok("cp", str(f), f"{c}:/lk/dirlink")
+    ad.ok("cp", str(f), f"{c}:/lk/dangling")
+    r = ad.ok("exec", c, "sh", "-c", "cd /lk && for l in filelink dirlink dangling; do readlink $l; done && "
+              "stat -c '%n|%a|%u|%g' target d2/f.txt nowhere && cat target")
+    assert r.out.splitlines() == [
+        "target", "/lk/d2", "nowhere",
+        "target|640|1234|2345", "d2/f.txt|640|1234|2345", "nowhere|640|1234|2345",
+        "hello from the host",
+    ], r.out
+    out = tmp_path / "out"
+    out.mkdir()
+    ad.ok("cp", f"{c}:/lk/dirlink", str(out / "asis"))
+    ad.ok("cp", f"{c}:/lk/dirlink/", str(out / "slash"))
+    ad.ok("cp", "-L", f"{c}:/lk/dirlink", str(out / "followed"))
+    assert os.readlink(out / "asis") == "/lk/d2"
+    for d in ("slash", "followed"):
+        assert not (out / d).is_symlink() and sorted(os.listdir(out / d)) == ["f.txt", "inside"], d
+        assert (out / d / "inside").read_text() == "inside\n"
+
+
 def test_archive_path_stat_header(ad, sdk, plain):
     c = plain
     cid = ad.out("inspect", "--format", "{{.Id}}", c)
@@ -377,6 +413,10 @@ def test_archive_path_stat_header(ad, sdk, plain):
     _, s = stat_header(sdk, cid, "/s/link")
     assert (s["name"], s["size"], s["mode"], s["linkTarget"]) == \
         ("link", len("sub/deep/b"), MODE_SYMLINK | 0o777, "/s/sub/deep/b"), s
+    _, s = stat_header(sdk, cid, "/lk/dangling")
+    assert (s["mode"], s["linkTarget"]) == (MODE_SYMLINK | 0o777, "/lk/nowhere"), s
+    _, s = stat_header(sdk, cid, "/lk/dirlink")
+    assert (s["name"], s["mode"], s["linkTarget"]) == ("dirlink", MODE_SYMLINK | 0o777, "/lk/d2"), s
     _, s = stat_header(sdk, cid, "/")
     assert s["name"] == "/" and s["mode"] & MODE_DIR, s
     # Relative and unclean paths are taken from the root.
@@ -408,7 +448,7 @@ def test_cp_exited_container(ad, host_tree, tmp_path):
     try:
         assert ad.state(name)["Status"] == "exited"
         ad.ok("cp", str(f), f"{name}:/box/", timeout=SLOW)
-        ad.ok("cp", str(tree), f"{name}:/box/", timeout=SLOW)
+        ad.ok("cp", f"{tree}/.", f"{name}:/box/tree", timeout=SLOW)  # SRC/. to a new name
         out = tmp_path / "out"
         out.mkdir()
         ad.ok("cp", f"{name}:/box", str(out), timeout=SLOW)
