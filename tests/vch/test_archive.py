@@ -495,6 +495,20 @@ def test_cp_created_container_and_its_volume(ad, host_tree, tmp_path):
         got = parse_listings(ad.ok("start", "-a", name, timeout=180).out)
         assert got["/vol/tree"] == src
         assert got["/etc/extra"] == src
+        # Round trip: diff shows what cp added (not the volume's content, only its mount
+        # point), and a commit carries it into an image.
+        added = {f"A /etc/extra{k[1:]}" for k in src}
+        check_diff(ad.out("diff", name, timeout=SLOW).splitlines(), {"C /etc", "A /vol"} | added)
+        tag = f"{ad.name('cpcommit')}:v1"
+        ad.ok("commit", name, tag, timeout=SLOW)
+        try:
+            r = ad.ok("run", "--rm", *NET, tag, "sh", "-c", 'echo "in /vol: $(ls -A /vol)"' + LIST_SCRIPT,
+                      "sh", "/etc/extra", timeout=180)
+            first, rest = r.out.split("\n", 1)
+            assert first == "in /vol: ", f"the volume's content went into the image: {first!r}"
+            assert parse_listings(rest)["/etc/extra"] == src
+        finally:
+            ad("rmi", "-f", tag, timeout=120)
     finally:
         ad("rm", "-f", name, timeout=120)
         ad("volume", "rm", "-f", vol, timeout=120)
