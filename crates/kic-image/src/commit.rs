@@ -31,7 +31,7 @@ pub struct CommitRequest {
     pub base: String,
     /// An **uncompressed** layer tar of the container's changes: names relative to `/`,
     /// deletions as `.wh.<name>` whiteouts. Read, not removed.
-    pub layer_tar: PathBuf,
+    pub layer: PathBuf,
     /// The runtime config of the new image (the image config's `config`).
     pub config: ContainerConfig,
     /// `docker commit --author`; empty for none.
@@ -60,7 +60,9 @@ impl ImageStore {
     /// would. Errors: the base image is gone (`No such image`), the reference is invalid
     /// (`invalid reference format...`, `refusing to create a tag with a digest reference`),
     /// the layer is not a tar or cannot be applied, the disk cannot be built.
-    pub async fn commit(&self, req: CommitRequest) -> Result<ImageRecord> {
+    ///
+    /// Blocking (it gzips the layer and builds a disk): call it from a blocking thread.
+    pub fn commit(&self, req: CommitRequest) -> Result<ImageRecord> {
         let tag_key = match &req.reference {
             None => None,
             Some(r) => {
@@ -73,16 +75,8 @@ impl ImageStore {
                 parsed.tag_key()
             }
         };
-        let store = self.clone();
-        let base_name = req.base.clone();
-        let tar = req.layer_tar.clone();
-        let (base, layer) = tokio::task::spawn_blocking(move || {
-            let base = store.parts(&base_name)?;
-            let layer = store.store_layer(&tar)?;
-            Ok::<_, ImageError>((base, layer))
-        })
-        .await
-        .map_err(|e| ImageError::Invalid(format!("commit task failed: {e}")))??;
+        let base = self.parts(&req.base)?;
+        let layer = self.store_layer(&req.layer)?;
 
         let now = chrono::Utc::now().to_rfc3339_opts(SecondsFormat::Nanos, true);
         let non_empty = |s: &str| (!s.is_empty()).then(|| s.to_string());
@@ -156,10 +150,7 @@ impl ImageStore {
             config,
             docs: vec![manifest_digest.clone(), config_digest.clone()],
         };
-        if let Err(e) = self
-            .materialise(resolved, req.disk_size, &|_| {}, true)
-            .await
-        {
+        if let Err(e) = self.materialise_blocking(resolved, req.disk_size) {
             self.drop_unreferenced(&[&manifest_digest, &config_digest, &layer.digest]);
             return Err(e);
         }

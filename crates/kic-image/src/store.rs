@@ -704,6 +704,27 @@ impl ImageStore {
         let built = handle
             .await
             .map_err(|e| ImageError::Invalid(format!("disk builder panicked: {e}")))??;
+        self.record_meta(res, &layers, built, disk_size)
+    }
+
+    /// Builds the disk and writes the metadata in the calling thread (no progress).
+    pub(crate) fn materialise_blocking(&self, res: Resolved, disk_size: u64) -> Result<()> {
+        let id = res.manifest.config.digest.clone();
+        let layers = layer_refs(&res.manifest, &res.config)?;
+        let built = build_disk(&self.layout, &id, &layers, disk_size, &mut |_| {})?;
+        self.record_meta(res, &layers, built, disk_size)
+    }
+
+    /// Writes `meta/<id>.json` for an image whose disk is built (`built`: the tree size if it
+    /// was built just now).
+    fn record_meta(
+        &self,
+        res: Resolved,
+        layers: &[LayerRef],
+        built: Option<u64>,
+        disk_size: u64,
+    ) -> Result<()> {
+        let id = res.manifest.config.digest.clone();
         let _l = self.lock()?;
         let old = self.meta(&id)?;
         let size = match built.or(old.as_ref().map(|m| m.size)) {
@@ -711,7 +732,7 @@ impl ImageStore {
             // The disk outlived an earlier removal (kept for containers): count the layers.
             None => {
                 let mut total = 0;
-                for l in &layers {
+                for l in layers {
                     let f = self.content.open(&l.blob)?;
                     total += crate::transfer::layer_content_size(std::io::BufReader::new(f))?;
                 }

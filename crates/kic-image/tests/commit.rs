@@ -106,7 +106,7 @@ async fn commit_adds_a_layer_and_files_follow() {
     let rec = store
         .commit(CommitRequest {
             base: "busybox".into(),
-            layer_tar: tar_path.clone(),
+            layer: tar_path.clone(),
             config: cfg.clone(),
             author: "Ann <ann@example.com>".into(),
             comment: "add new.txt".into(),
@@ -114,7 +114,6 @@ async fn commit_adds_a_layer_and_files_follow() {
             reference: Some("committed".into()),
             disk_size: 64 << 20,
         })
-        .await
         .unwrap();
     assert_eq!(rec.repo_tags, ["committed:latest"]);
     assert_eq!(store.get("committed:latest").unwrap().id, rec.id);
@@ -227,7 +226,7 @@ async fn commit_adds_a_layer_and_files_follow() {
     let rec2 = store
         .commit(CommitRequest {
             base: rec.id.clone(),
-            layer_tar: empty,
+            layer: empty,
             config: cfg.clone(),
             author: String::new(),
             comment: String::new(),
@@ -235,7 +234,6 @@ async fn commit_adds_a_layer_and_files_follow() {
             reference: None,
             disk_size: 64 << 20,
         })
-        .await
         .unwrap();
     assert_ne!(rec2.id, rec.id);
     assert!(rec2.repo_tags.is_empty());
@@ -255,7 +253,7 @@ async fn commit_adds_a_layer_and_files_follow() {
     let before = store.list().unwrap().len();
     let req = |base: &str, reference: Option<&str>| CommitRequest {
         base: base.into(),
-        layer_tar: tar_path.clone(),
+        layer: tar_path.clone(),
         config: spec::ContainerConfig::default(),
         author: String::new(),
         comment: String::new(),
@@ -263,13 +261,10 @@ async fn commit_adds_a_layer_and_files_follow() {
         reference: reference.map(str::to_string),
         disk_size: 64 << 20,
     };
-    let e = store.commit(req("nosuch", None)).await.unwrap_err();
+    let e = store.commit(req("nosuch", None)).unwrap_err();
     assert_eq!(e.kind(), ErrorKind::NotFound);
     assert_eq!(e.to_string(), "No such image: nosuch");
-    let e = store
-        .commit(req("busybox", Some("BAD:x")))
-        .await
-        .unwrap_err();
+    let e = store.commit(req("busybox", Some("BAD:x"))).unwrap_err();
     assert_eq!(e.kind(), ErrorKind::Invalid);
     assert!(e.to_string().starts_with("invalid reference format"), "{e}");
     let e = store
@@ -277,7 +272,6 @@ async fn commit_adds_a_layer_and_files_follow() {
             "busybox",
             Some("x@sha256:0000000000000000000000000000000000000000000000000000000000000000"),
         ))
-        .await
         .unwrap_err();
     assert_eq!(
         e.to_string(),
@@ -286,8 +280,8 @@ async fn commit_adds_a_layer_and_files_follow() {
     let not_tar = tmp.path().join("not.tar");
     std::fs::write(&not_tar, b"this is not a tar").unwrap();
     let mut r = req("busybox", None);
-    r.layer_tar = not_tar;
-    assert!(store.commit(r).await.is_err());
+    r.layer = not_tar;
+    assert!(store.commit(r).is_err());
     assert_eq!(store.list().unwrap().len(), before);
 
     // Removing an image removes its manifest.
