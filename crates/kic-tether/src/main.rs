@@ -7,8 +7,11 @@
 //! Boot sequence: mount `/proc`, `/sys`, `/dev`; load the initramfs's modules; find the port;
 //! serve host sessions. The first `Start` request mounts the container's disk, moves the tether
 //! into it and starts the main process. When the host has stored the main process's exit, the
-//! tether syncs and ends the VM.
+//! tether syncs and ends the VM. A `Mount` request instead mounts the disks of a stopped
+//! container without starting anything (maintenance: `docker cp`, `diff`, `commit`, `export`
+//! through the archive and listing streams, `files`), and `PowerOff` ends such a VM.
 
+mod files;
 mod net;
 mod output;
 mod pidns;
@@ -73,7 +76,9 @@ fn main() {
         let t = Arc::new(session::Tether {
             table: procs::Table::new(),
             started: Mutex::new(false),
+            maintenance: Mutex::new(session::Maintenance::No),
             boot_id: boot_id(),
+            files_root: files::CONTAINER_ROOT.into(),
         });
         let mut sigchld = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::child())
             .unwrap_or_else(|e| fatal(&format!("SIGCHLD handler: {e}")));

@@ -20,7 +20,35 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 pub struct Tether {
     pub table: Table,
     pub started: Mutex<bool>,
+    /// Booted for maintenance (`Request::Mount`): the container's files are mounted, and it
+    /// must not start.
+    pub maintenance: Mutex<Maintenance>,
     pub boot_id: String,
+    /// Where the container's files are ([`crate::files::CONTAINER_ROOT`]).
+    pub files_root: std::path::PathBuf,
+}
+
+/// Where a maintenance VM is (`Request::Mount`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Maintenance {
+    /// Not asked: an ordinary container VM.
+    No,
+    Mounting,
+    Mounted,
+    /// Mounting failed; asking again gives the same answer (the VM is in an unknown state).
+    Failed(String),
+}
+
+impl Tether {
+    /// Why the container's files cannot be reached yet, if they cannot.
+    fn files_unavailable(&self) -> Option<String> {
+        if *self.started.lock().expect("lock")
+            || *self.maintenance.lock().expect("lock") == Maintenance::Mounted
+        {
+            return None;
+        }
+        Some("the container's filesystem is not mounted in this VM yet (it needs Start or Mount first)".into())
+    }
 }
 
 /// The port device as a tokio I/O object. A read of 0 bytes means the host went away.
@@ -210,6 +238,36 @@ async fn handle(t: Arc<Tether>, mut st: mux::MuxStream) -> io::Result<()> {
             frame::write(&mut st, &resp).await?;
             st.shutdown().await
         }
+        StreamHeader::ArchiveGet { spec } => {
+            if let Some(e) = t.files_unavailable() {
+                let start = kic_proto::ArchiveStart {
+                    error: Some(e),
+                    ..Default::default()
+                };
+                frame::write(&mut st, &start).await?;
+                return st.shutdown().await;
+            }
+            crate::files::archive_get(&mut st, t.files_root.clone(), spec).await
+        }
+        StreamHeader::ArchivePut { spec } => {
+            if let Some(e) = t.files_unavailable() {
+                frame::write(&mut st, &error(e)).await?;
+                return st.shutdown().await;
+            }
+            crate::files::archive_put(&mut st, t.files_root.clone(), spec).await
+        }
+        StreamHeader::List { path, one_fs } => {
+            if let Some(e) = t.files_unavailable() {
+                let last = kic_proto::ListBatch {
+                    done: true,
+                    error: Some(e),
+                    ..Default::default()
+                };
+                frame::write(&mut st, &last).await?;
+                return st.shutdown().await;
+            }
+            crate::files::list(&mut st, t.files_root.clone(), path, one_fs).await
+        }
         StreamHeader::Events => {
             let mut rx = t.table.events.subscribe();
             frame::write(
@@ -381,7 +439,7 @@ fn poll_once<F: Future>(f: F) -> Option<F::Output> {
     }
 }
 
-fn error(message: impl Into<String>) -> Response {
+pub(crate) fn error(message: impl Into<String>) -> Response {
     Response::Error {
         message: message.into(),
         exit_code: None,
@@ -403,6 +461,9 @@ async fn request(t: &Arc<Tether>, req: Request) -> Response {
         }
         Request::Start { spec } => {
             sys::milestone("start requested");
+            if *t.maintenance.lock().expect("lock") != Maintenance::No {
+                return error("this VM was booted to reach the container's files while it is stopped (docker cp, diff, commit, export); it cannot start the container: power it off and start the container anew");
+            }
             {
                 let mut started = t.started.lock().expect("lock");
                 if *started {
@@ -496,5 +557,68 @@ async fn request(t: &Arc<Tether>, req: Request) -> Response {
             Err(e) => error(format!("read {path}: {e}")),
         },
         Request::Top => crate::top::top(),
+        Request::Mount { spec } => {
+            sys::milestone("mount requested");
+            if *t.started.lock().expect("lock") {
+                return error("the container was started in this VM; its files are mounted already and it cannot be switched to maintenance");
+            }
+            {
+                let mut m = t.maintenance.lock().expect("lock");
+                match &*m {
+                    Maintenance::No => *m = Maintenance::Mounting,
+                    // A host that reconnected asks again: the files are there.
+                    Maintenance::Mounted => return Response::Ok,
+                    Maintenance::Mounting => {
+                        return error("the container's disks are being mounted (asked twice)")
+                    }
+                    Maintenance::Failed(e) => return error(e.clone()),
+                }
+            }
+            let r = tokio::task::spawn_blocking(move || sys::mount_container(&spec))
+                .await
+                .unwrap_or_else(|e| Err(format!("mounting the container's disks failed: {e}")));
+            let mut m = t.maintenance.lock().expect("lock");
+            match r {
+                Ok(()) => {
+                    sys::milestone("container mounted");
+                    *m = Maintenance::Mounted;
+                    Response::Ok
+                }
+                Err(e) => {
+                    *m = Maintenance::Failed(e.clone());
+                    error(e)
+                }
+            }
+        }
+        Request::PowerOff => {
+            let running: Vec<String> = t
+                .table
+                .states()
+                .into_iter()
+                .filter(|p| p.exit_code.is_none())
+                .map(|p| p.id)
+                .collect();
+            if !running.is_empty() {
+                return Response::Refused {
+                    message: format!(
+                        "cannot power off: the container's processes are running ({})",
+                        running.join(", ")
+                    ),
+                    not_found: false,
+                };
+            }
+            tokio::spawn(async {
+                // Let the answer reach the host, then sync and end the VM.
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                sys::power_off();
+            });
+            Response::Ok
+        }
+        Request::Stat { path, follow } => {
+            if let Some(e) = t.files_unavailable() {
+                return error(e);
+            }
+            crate::files::stat(t.files_root.clone(), path, follow).await
+        }
     }
 }

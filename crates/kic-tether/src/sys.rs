@@ -174,10 +174,29 @@ fn write_file(path: &str, content: &str) -> Result<(), String> {
     fs::write(path, content).map_err(|e| format!("write {path}: {e}"))
 }
 
-/// Mount the container's root disk, give it `/proc`, `/sys`, `/dev`, and move the tether into it.
+/// Configure the network, mount the container's root disk and volumes ([`mount_container`]),
+/// and write its hostname, `/etc/hosts` and `/etc/resolv.conf`: everything before its main
+/// process starts.
 pub fn enter_container(spec: &ContainerSpec) -> Result<(), String> {
     crate::net::configure(&spec.interfaces)?;
     milestone("network configured");
+    mount_container(spec)?;
+    if !spec.hostname.is_empty() {
+        nix::unistd::sethostname(&spec.hostname).map_err(|e| format!("sethostname: {e}"))?;
+        write_file("/etc/hostname", &format!("{}\n", spec.hostname))?;
+    }
+    write_file("/etc/hosts", &spec.hosts)?;
+    if let Some(r) = &spec.resolv_conf {
+        write_file("/etc/resolv.conf", r)?;
+    }
+    let _ = fs::create_dir_all("/tmp");
+    Ok(())
+}
+
+/// Mount the container's root disk, give it `/proc`, `/sys`, `/dev`, move the tether into it
+/// and mount the volumes: the container's files as its processes would see them. This is all
+/// a maintenance VM (`Request::Mount`) does; it writes nothing of its own into the container.
+pub fn mount_container(spec: &ContainerSpec) -> Result<(), String> {
     BACKGROUND_MODULES.wait()?;
     let root = "/mnt/root";
     let dev = spec.root_device.as_str();
@@ -226,17 +245,7 @@ pub fn enter_container(spec: &ContainerSpec) -> Result<(), String> {
     std::env::set_current_dir("/").map_err(|e| format!("chdir /: {e}"))?;
     // Volumes are mounted from inside the new root, so that their targets resolve (symlinks
     // of the image included) as the container will see them.
-    mount_volumes(&spec.mounts)?;
-    if !spec.hostname.is_empty() {
-        nix::unistd::sethostname(&spec.hostname).map_err(|e| format!("sethostname: {e}"))?;
-        write_file("/etc/hostname", &format!("{}\n", spec.hostname))?;
-    }
-    write_file("/etc/hosts", &spec.hosts)?;
-    if let Some(r) = &spec.resolv_conf {
-        write_file("/etc/resolv.conf", r)?;
-    }
-    let _ = fs::create_dir_all("/tmp");
-    Ok(())
+    mount_volumes(&spec.mounts)
 }
 
 /// The block device (major, minor) of the disk whose serial number is `serial`.
