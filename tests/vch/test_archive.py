@@ -7,13 +7,18 @@ stopped container's cp/diff/commit/export boots a maintenance VM, so the tests u
 containers and group their checks per container.
 
 What dockerd does that is easy to get wrong:
-- cp into a container keeps the archive's (the host file's) uid/gid and mode, with or without
-  -a when the container has no USER (-a chowns to the container's USER only when one is set);
-  cp out of a container writes files owned by the user running the CLI.
+- cp into a container keeps the archive's (the host file's) uid/gid, mode and mtime, with or
+  without -a when the container has no USER. With a USER, -a chowns to it, but dockerd looks
+  the name up in the daemon host's passwd (20.10: `getent unable to find entry "1000:1000" in
+  passwd database` for -u 1000:1000), so that case is host-dependent and not tested here.
+  cp out of a container writes files owned by the user running the CLI, -a or not.
+- A destination that is a symlink (even a dangling one) is resolved by the CLI through the
+  stat header's linkTarget: the copy lands where it points and the link stays.
 - `SRC/.` copies the contents into an existing directory and leaves that directory's own mode.
 - A directory copied to an existing directory goes inside it (`cp -a` semantics).
 - The stat header is base64 JSON {name, size, mode (Go os.FileMode bits), mtime, linkTarget};
   a symlink's linkTarget is the link fully resolved inside the container, as an absolute path.
+- Tar headers from dockerd carry the file type bits in the mode field (0100644, 040755, 0120777).
 - docker diff's order follows the storage driver's directory walk (not stable between runs), so
   it is compared as a set, with every listed parent before its children.
 """
@@ -313,7 +318,7 @@ def test_cp_running_container_round_trip(ad, running, host_tree, tmp_path):
 
 @pytest.fixture(scope="module")
 def plain(ad):
-    """A running container for error cases and stat headers (nothing is copied into it)."""
+    """A running container for error cases, symlinked destinations and stat headers."""
     name = ad.name("cp-plain")
     ad.ok("run", "-d", "--name", name, *NET, "busybox", "sh", "-c",
           "mkdir -p /s/sub/deep && echo bee > /s/sub/deep/b && ln -s sub/deep/b /s/link && "
