@@ -356,6 +356,10 @@ fn env_get<'a>(env: &'a [String], name: &str) -> Option<&'a str> {
 /// `\"`, `\$`, `\\` escapes), `\x` unquoted is `x`, `$VAR`, `${VAR}`, `${VAR:-w}`,
 /// `${VAR-w}`, `${VAR:+w}`, `${VAR+w}` expanded from `env`.
 fn expand(word: &str, env: &[String]) -> Result<String> {
+    expand_word(word, env).map_err(|e| bad(format!("failed to process {word:?}: {e}")))
+}
+
+fn expand_word(word: &str, env: &[String]) -> Result<String> {
     let cs: Vec<char> = word.chars().collect();
     let mut out = String::new();
     let mut i = 0;
@@ -466,12 +470,12 @@ fn variable(cs: &[char], mut i: usize, env: &[String]) -> Result<(Option<String>
                 if set {
                     val.unwrap_or_default()
                 } else {
-                    expand(&word, env)?
+                    expand_word(&word, env)?
                 }
             }
             Some('+') => {
                 if set {
-                    expand(&word, env)?
+                    expand_word(&word, env)?
                 } else {
                     String::new()
                 }
@@ -504,13 +508,12 @@ fn name_values(inst: &str, rest: &str, env: &[String]) -> Result<Vec<(String, St
     }
     let mut out = Vec::new();
     if !ws[0].contains('=') {
-        // Legacy: the first word is the name, the rest of the line its value.
-        if ws.len() < 2 {
+        // Legacy: the first word is the name, the rest of the line its value; dockerd splits
+        // the raw text at the first whitespace (quotes do not group here).
+        let Some((key, value)) = rest.split_once(char::is_whitespace) else {
             return Err(bad(format!("{inst} must have two arguments")));
-        }
-        let key = &ws[0];
-        let value = rest[rest.find(key.as_str()).unwrap_or(0) + key.len()..].trim();
-        out.push((expand(key, env)?, expand(value, env)?));
+        };
+        out.push((expand(key, env)?, expand(value.trim_start(), env)?));
         return Ok(out);
     }
     for w in ws {
@@ -568,11 +571,17 @@ fn clean_abs(p: &str) -> String {
 /// Ports of one EXPOSE word: `80`, `80/udp`, `8000-8010/tcp`, `[ip:][host:]80` (the
 /// container port counts).
 fn expose_ports(word: &str) -> Result<Vec<String>> {
-    let (spec, proto) = match word.rsplit_once('/') {
-        Some((s, p)) => (s, p.to_ascii_lowercase()),
-        None => (word, "tcp".to_string()),
-    };
-    let container = spec.rsplit(':').next().unwrap_or("");
+    let (spec, given_proto) = word.rsplit_once('/').unwrap_or((word, "tcp"));
+    let proto = given_proto.to_ascii_lowercase();
+    let parts: Vec<&str> = spec.split(':').collect();
+    if parts.len() > 2 {
+        let ip = parts[..parts.len() - 2].join(":");
+        let bare = ip.trim_start_matches('[').trim_end_matches(']');
+        if bare.parse::<std::net::IpAddr>().is_err() {
+            return Err(bad(format!("Invalid ip address: {ip}")));
+        }
+    }
+    let container = parts.last().copied().unwrap_or("");
     if container.is_empty() {
         return Err(bad(format!("No port specified: {word}<empty>")));
     }
@@ -589,7 +598,7 @@ fn expose_ports(word: &str) -> Result<Vec<String>> {
         return Err(invalid());
     }
     if !matches!(proto.as_str(), "tcp" | "udp" | "sctp") {
-        return Err(bad(format!("Invalid proto: {proto}")));
+        return Err(bad(format!("Invalid proto: {given_proto}")));
     }
     Ok((lo..=hi).map(|p| format!("{p}/{proto}")).collect())
 }
@@ -819,9 +828,12 @@ pub fn apply_changes(config: &mut ContainerConfig, changes: &[String]) -> Result
                 if !list.is_array() {
                     *list = serde_json::json!([]);
                 }
+                // Kept as written after the keyword (dockerd keeps trailing blanks too).
+                let raw = l.trim_start();
+                let raw = raw[inst.len()..].trim_start();
                 list.as_array_mut()
                     .expect("array")
-                    .push(serde_json::Value::String(rest.to_string()));
+                    .push(serde_json::Value::String(raw.to_string()));
             }
             "stopsignal" => {
                 if rest.is_empty() {
@@ -842,7 +854,7 @@ pub fn apply_changes(config: &mut ContainerConfig, changes: &[String]) -> Result
             "volume" => {
                 let vols = match json_array(rest) {
                     Some(v) => v,
-                    None => words(rest),
+                    None => rest.split_whitespace().map(str::to_string).collect(),
                 };
                 if vols.is_empty() {
                     return Err(bad("VOLUME requires at least one argument"));
@@ -1070,6 +1082,12 @@ mod tests {
         assert!(env.contains(&"B=".to_string()), "{env:?}");
         assert!(env.contains(&"C=d".to_string()), "{env:?}");
         assert!(env.contains(&"D=$HOME".to_string()), "{env:?}");
+        let c = apply(&["ENV D=${HOME:+alt} E=${HOME}x F=\"a\\\"b\" G=a\\\\b H=\"a\\\\b\" I=$"])
+            .unwrap();
+        let env = c.env.unwrap();
+        for want in ["D=alt", "E=/rootx", "F=a\"b", "G=a\\b", "H=a\\b", "I=$"] {
+            assert!(env.contains(&want.to_string()), "{want} not in {env:?}");
+        }
         let c = apply(&["ENV A=1", "ENV B=$A"]).unwrap();
         assert!(c.env.unwrap().contains(&"B=1".to_string()));
         assert_eq!(err(&["ENV"]), "ENV requires at least one argument");
@@ -1083,7 +1101,11 @@ mod tests {
 
     #[test]
     fn expose_ports_ranges_protocols_and_errors() {
-        let c = apply(&["EXPOSE 80/udp 443", "EXPOSE 8000-8002/TCP 9/sctp 1:2:53"]).unwrap();
+        let c = apply(&[
+            "EXPOSE 80/udp 443",
+            "EXPOSE 8000-8002/TCP 9/sctp 8053:53 127.0.0.1:1:53",
+        ])
+        .unwrap();
         let keys: Vec<String> = c.exposed_ports.unwrap().into_keys().collect();
         assert_eq!(
             keys,
@@ -1093,7 +1115,9 @@ mod tests {
         assert_eq!(err(&["EXPOSE abc"]), "Invalid containerPort: abc");
         assert_eq!(err(&["EXPOSE 70000"]), "Invalid containerPort: 70000");
         assert_eq!(err(&["EXPOSE 82-80"]), "Invalid containerPort: 82-80");
+        assert_eq!(err(&["EXPOSE 1:2:53"]), "Invalid ip address: 1");
         assert_eq!(err(&["EXPOSE 80/xyz"]), "Invalid proto: xyz");
+        assert_eq!(err(&["EXPOSE 80/XYZ"]), "Invalid proto: XYZ");
     }
 
     #[test]
@@ -1107,9 +1131,17 @@ mod tests {
         assert_eq!(err(&["LABEL"]), "LABEL requires at least one argument");
         assert_eq!(err(&["LABEL a"]), "LABEL must have two arguments");
         assert_eq!(err(&["LABEL =1"]), "LABEL names can not be blank");
+        // The legacy form splits at whitespace whatever the quotes say.
+        assert_eq!(
+            err(&["LABEL \"a b\""]),
+            "failed to process \"\\\"a\": unexpected end of statement while looking for matching double-quote"
+        );
 
-        let c = apply(&["ONBUILD run x", "ONBUILD ENV A=1"]).unwrap();
-        assert_eq!(c.extra["OnBuild"], serde_json::json!(["run x", "ENV A=1"]));
+        let c = apply(&["ONBUILD run x", "ONBUILD   ENV A=1  "]).unwrap();
+        assert_eq!(
+            c.extra["OnBuild"],
+            serde_json::json!(["run x", "ENV A=1  "])
+        );
         assert_eq!(err(&["ONBUILD"]), "ONBUILD requires at least one argument");
         assert_eq!(
             err(&["ONBUILD FROM x"]),
@@ -1155,6 +1187,10 @@ mod tests {
         assert_eq!(
             err(&["VOLUME \"\""]),
             "VOLUME specified can not be an empty string"
+        );
+        assert_eq!(
+            err(&["VOLUME /a \"/b c\""]),
+            "failed to process \"\\\"/b\": unexpected end of statement while looking for matching double-quote"
         );
 
         assert_eq!(
