@@ -15,7 +15,7 @@ use std::ffi::CString;
 use std::fs;
 use std::io::Read;
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::path::Path;
 
 use kic_proto::FileEntry;
@@ -86,10 +86,11 @@ fn entry(path: String, full: &Path, m: &fs::Metadata) -> Result<FileEntry> {
         size: m.size(),
         mtime: m.mtime(),
         mtime_nsec: m.mtime_nsec() as u32,
-        rdev: if m.file_type().is_symlink() || m.is_file() || m.is_dir() {
-            0
-        } else {
+        // As the guest lists: a device number for device nodes only.
+        rdev: if m.file_type().is_char_device() || m.file_type().is_block_device() {
             m.rdev()
+        } else {
+            0
         },
         link,
         capability,

@@ -25,8 +25,8 @@ fn header(kind: tar::EntryType, mode: u32, size: u64, mtime: u64) -> tar::Header
     h
 }
 
-/// A layer like dockerd's for a container that changed /etc/hostname, deleted /bin/ls and
-/// added /srv/new.txt.
+/// A layer like dockerd's for a container that changed /etc/hostname, deleted /bin/ls,
+/// made /dev/null and added /srv/new.txt with a symlink to it.
 fn write_layer(path: &Path) {
     let f = std::fs::File::create(path).unwrap();
     let mut b = tar::Builder::new(f);
@@ -37,6 +37,12 @@ fn write_layer(path: &Path) {
     b.append_data(&mut h, "bin/.wh.ls", std::io::empty())
         .unwrap();
     let mut h = header(tar::EntryType::Directory, 0o755, 0, t);
+    b.append_data(&mut h, "dev/", std::io::empty()).unwrap();
+    let mut h = header(tar::EntryType::Char, 0o666, 0, t);
+    h.set_device_major(1).unwrap();
+    h.set_device_minor(3).unwrap();
+    b.append_data(&mut h, "dev/null", std::io::empty()).unwrap();
+    let mut h = header(tar::EntryType::Directory, 0o755, 0, t);
     b.append_data(&mut h, "etc/", std::io::empty()).unwrap();
     let data = b"changed\n";
     let mut h = header(tar::EntryType::Regular, 0o644, data.len() as u64, t);
@@ -46,6 +52,8 @@ fn write_layer(path: &Path) {
     let data = b"hello\n";
     let mut h = header(tar::EntryType::Regular, 0o640, data.len() as u64, t);
     b.append_data(&mut h, "srv/new.txt", &data[..]).unwrap();
+    let mut h = header(tar::EntryType::Symlink, 0o777, 0, t);
+    b.append_link(&mut h, "srv/link", "new.txt").unwrap();
     b.into_inner().unwrap();
 }
 
@@ -178,6 +186,13 @@ async fn commit_adds_a_layer_and_files_follow() {
     let new_txt = files.iter().find(|e| e.path == "/srv/new.txt").unwrap();
     assert_eq!((new_txt.mode, new_txt.size), (0o100640, 6));
     assert!(!files.iter().any(|e| e.path == "/bin/ls"));
+    let null = files.iter().find(|e| e.path == "/dev/null").unwrap();
+    assert_eq!((null.mode, null.rdev), (0o020666, libc::makedev(1, 3)));
+    let link = files.iter().find(|e| e.path == "/srv/link").unwrap();
+    assert_eq!(
+        (link.mode & 0o170000, link.link.as_str()),
+        (0o120000, "new.txt")
+    );
     // And diffing the two images gives Docker's view of the container's changes.
     let d: Vec<(String, ChangeKind)> = changes(&base_files, &files, &|_| false)
         .into_iter()
@@ -186,9 +201,12 @@ async fn commit_adds_a_layer_and_files_follow() {
     let want = [
         ("/bin", ChangeKind::Modify),
         ("/bin/ls", ChangeKind::Delete),
+        ("/dev", ChangeKind::Modify),
+        ("/dev/null", ChangeKind::Add),
         ("/etc", ChangeKind::Modify),
         ("/etc/hostname", ChangeKind::Modify),
         ("/srv", ChangeKind::Add),
+        ("/srv/link", ChangeKind::Add),
         ("/srv/new.txt", ChangeKind::Add),
     ];
     assert_eq!(
