@@ -191,7 +191,8 @@ impl ImageStore {
             Err(e) if e.kind() != io::ErrorKind::NotFound => {
                 Err(ImageError::io("remove image disk", path, e))
             }
-            _ => Ok(()),
+            // Its file manifest (for `docker diff`) goes with it.
+            _ => crate::files::remove_manifest(&self.layout, &id),
         }
     }
 
