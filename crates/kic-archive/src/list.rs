@@ -104,9 +104,12 @@ impl Lister<'_> {
             libc::S_IFCHR | libc::S_IFBLK => entry.rdev = st.st_rdev,
             libc::S_IFLNK => {
                 if let Some(l) = leaf {
-                    let t = sys::readlinkat(parent.as_fd_borrowed(), l)
-                        .map_err(|e| io_err("read symlink", e))?;
-                    entry.link = String::from_utf8_lossy(&t).into_owned();
+                    match sys::readlinkat(parent.as_fd_borrowed(), l) {
+                        Ok(t) => entry.link = String::from_utf8_lossy(&t).into_owned(),
+                        // Gone meanwhile (or a /proc link of a kernel thread).
+                        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+                        Err(e) => return Err(io_err("read symlink", e)),
+                    }
                 }
             }
             libc::S_IFREG => match open(libc::O_RDONLY | libc::O_NONBLOCK) {
@@ -118,7 +121,9 @@ impl Lister<'_> {
                     }
                 }
                 Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
-                Err(e) => return Err(io_err("open", e)),
+                // Not readable (a write-only file of /proc or /sys): listed without its
+                // capability, which such files do not have.
+                Err(_) => {}
             },
             _ => {}
         }

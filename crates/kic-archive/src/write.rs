@@ -259,8 +259,13 @@ impl<W: Write> Writer<'_, W> {
                 let target = match leaf {
                     Some(l) => sys::readlinkat(parent.as_fd_borrowed(), l),
                     None => Err(io::Error::other("the root is not a symlink")),
-                }
-                .map_err(|e| self.io("read symlink", name, e))?;
+                };
+                let target = match target {
+                    Ok(t) => t,
+                    // Gone meanwhile (or a /proc link of a kernel thread).
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+                    Err(e) => return Err(self.io("read symlink", name, e)),
+                };
                 let mut h = Self::header(st, tar::EntryType::Symlink);
                 self.b
                     .append_link(&mut h, path, Path::new(OsStr::from_bytes(&target)))
