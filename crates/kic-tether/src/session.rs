@@ -622,3 +622,69 @@ async fn request(t: &Arc<Tether>, req: Request) -> Response {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kic_proto::ContainerSpec;
+
+    fn tether(started: bool, maintenance: Maintenance, root: &std::path::Path) -> Arc<Tether> {
+        Arc::new(Tether {
+            table: Table::new(),
+            started: Mutex::new(started),
+            maintenance: Mutex::new(maintenance),
+            boot_id: "test".into(),
+            files_root: root.to_path_buf(),
+        })
+    }
+
+    fn message(r: Response) -> String {
+        match r {
+            Response::Error { message, .. } | Response::Refused { message, .. } => message,
+            other => panic!("expected a refusal, got {other:?}"),
+        }
+    }
+
+    // Only the refusals are exercised: the accepted paths mount disks, chroot or power off.
+    #[tokio::test]
+    async fn maintenance_and_running_exclude_each_other() {
+        let tmp = std::env::temp_dir();
+        let t = tether(false, Maintenance::Mounted, &tmp);
+        let spec = Box::new(ContainerSpec::default());
+        let m = message(request(&t, Request::Start { spec: spec.clone() }).await);
+        assert!(m.contains("cannot start the container"), "{m}");
+        // A host that reconnects and asks again is told the files are there.
+        assert_eq!(
+            request(&t, Request::Mount { spec: spec.clone() }).await,
+            Response::Ok
+        );
+        let t = tether(true, Maintenance::No, &tmp);
+        let m = message(request(&t, Request::Mount { spec: spec.clone() }).await);
+        assert!(m.contains("was started"), "{m}");
+        let t = tether(false, Maintenance::Failed("no disk /dev/vda".into()), &tmp);
+        let m = message(request(&t, Request::Mount { spec }).await);
+        assert_eq!(m, "no disk /dev/vda");
+    }
+
+    #[tokio::test]
+    async fn files_wait_for_the_container_disk() {
+        let tmp = tempfile::tempdir().unwrap();
+        std::fs::write(tmp.path().join("f"), b"x").unwrap();
+        let stat = Request::Stat {
+            path: "/f".into(),
+            follow: false,
+        };
+        let t = tether(false, Maintenance::No, tmp.path());
+        let m = message(request(&t, stat.clone()).await);
+        assert!(m.contains("not mounted"), "{m}");
+        for t in [
+            tether(true, Maintenance::No, tmp.path()),
+            tether(false, Maintenance::Mounted, tmp.path()),
+        ] {
+            match request(&t, stat.clone()).await {
+                Response::Stat { stat: Some(s) } => assert_eq!((s.name.as_str(), s.size), ("f", 1)),
+                other => panic!("{other:?}"),
+            }
+        }
+    }
+}
