@@ -327,3 +327,62 @@ impl<W: Write> Writer<'_, W> {
             .map_err(|e| self.io("write archive entry", &name, e))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn entries_are_exactly_as_long_as_their_header_says() {
+        let read = |data: &'static [u8], left: u64| {
+            let mut out = Vec::new();
+            Exact {
+                inner: data,
+                left,
+                eof: false,
+            }
+            .read_to_end(&mut out)
+            .unwrap();
+            out
+        };
+        // Shrunk since its stat: padded with zeros; grown: cut.
+        assert_eq!(read(b"abc", 5), b"abc\0\0");
+        assert_eq!(read(b"abcdef", 4), b"abcd");
+        assert_eq!(read(b"", 0), b"");
+    }
+
+    #[test]
+    fn symlink_loops_and_file_sources_without_a_name() {
+        let tmp = tempfile::tempdir().unwrap();
+        std::os::unix::fs::symlink("b", tmp.path().join("a")).unwrap();
+        std::os::unix::fs::symlink("a", tmp.path().join("b")).unwrap();
+        std::fs::write(tmp.path().join("f"), b"x").unwrap();
+        let root = RootDir::open(tmp.path()).unwrap();
+        let spec = |path: &str, follow| ArchiveSpec {
+            sources: vec![ArchiveSource {
+                path: path.into(),
+                name: String::new(),
+                recursive: true,
+                follow,
+            }],
+            ..Default::default()
+        };
+        let err = write_archive(&root, &spec("/a", true), Vec::new()).unwrap_err();
+        assert!(err.to_string().contains("too many levels"), "{err}");
+        // Not followed, the loop is just a symlink; a file with no name keeps its own.
+        let names = |path: &str| {
+            let mut out = Vec::new();
+            write_archive(&root, &spec(path, false), &mut out).unwrap();
+            let mut a = tar::Archive::new(&out[..]);
+            a.entries()
+                .unwrap()
+                .map(|e| {
+                    let e = e.unwrap();
+                    (e.header().entry_type(), e.path_bytes().into_owned())
+                })
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(names("/a"), vec![(tar::EntryType::Symlink, b"a".to_vec())]);
+        assert_eq!(names("/f"), vec![(tar::EntryType::Regular, b"f".to_vec())]);
+    }
+}
