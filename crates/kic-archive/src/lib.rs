@@ -24,7 +24,7 @@ pub use apply::{apply_tar, apply_tar_at, ApplyOptions, ApplyStats};
 pub use error::{Error, Result};
 pub use list::{list, stat};
 pub use put::put_archive;
-pub use root::{clean_name, join, Components, ResolvedDir, RootDir};
+pub use root::{clean_container_path, clean_name, join, Components, Found, ResolvedDir, RootDir};
 pub use write::write_archive;
 
 #[cfg(test)]
