@@ -86,6 +86,8 @@ fn tree() -> (tempfile::TempDir, PathBuf) {
 struct Got {
     kind: char,
     mode: u32,
+    /// The header's mode field as written (file type bits included).
+    full_mode: u32,
     uid: u64,
     gid: u64,
     mtime: u64,
@@ -115,7 +117,8 @@ fn read_tar(data: &[u8]) -> BTreeMap<String, Got> {
         e.read_to_end(&mut data).unwrap();
         let got = Got {
             kind: h.entry_type().as_byte() as char,
-            mode: h.mode().unwrap(),
+            mode: h.mode().unwrap() & 0o7777,
+            full_mode: h.mode().unwrap(),
             uid: h.uid().unwrap(),
             gid: h.gid().unwrap(),
             mtime: h.mtime().unwrap(),
@@ -173,6 +176,8 @@ fn archive_of_a_tree_keeps_every_kind_and_attribute() {
         ('0', 0o4755, &b"hello"[..])
     );
     assert_eq!(f.mtime, 1_500_000_000);
+    // Go's archive/tar (dockerd) keeps the file type bits in the mode field; so do we.
+    assert_eq!((d.full_mode, f.full_mode), (0o41777, 0o104755));
     // The second name of the same inode is a hard link to the first.
     assert_eq!((t["x/h"].kind, t["x/h"].link.as_str()), ('1', "x/f"));
     assert!(t["x/h"].data.is_empty());
@@ -686,4 +691,21 @@ fn written_archives_unpack_to_the_same_tree() {
         cap.truncate(20);
         assert_eq!(cap, CAP);
     }
+}
+
+#[test]
+fn dot_and_empty_names_put_the_contents_at_the_top() {
+    let (_tmp, root) = tree();
+    let names = |name: &str| -> Vec<String> {
+        let spec = ArchiveSpec {
+            sources: vec![src("/d/sub", name, true, false)],
+            ..Default::default()
+        };
+        read_tar(&archive(&root, &spec).unwrap())
+            .into_keys()
+            .collect()
+    };
+    assert_eq!(names("."), vec!["g"]);
+    assert_eq!(names(""), vec!["g"]);
+    assert_eq!(names("x"), vec!["x/", "x/g"]);
 }

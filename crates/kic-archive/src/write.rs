@@ -98,6 +98,8 @@ impl<W: Write> Writer<'_, W> {
         let (_, found) = self.root.lookup(&src.path, src.follow)?;
         let found = found.ok_or_else(|| not_found(&src.path))?;
         let mut name = join(&clean_container_path(src.name.as_bytes()));
+        // `.` (`docker cp c:/dir/.`) is the contents at the top like an empty name: the tar
+        // crate writes `./a` as `a` anyway, and tar readers take them as the same.
         if name == b"." {
             name.clear();
         }
@@ -119,7 +121,8 @@ impl<W: Write> Writer<'_, W> {
     fn header(st: &libc::stat, t: tar::EntryType) -> tar::Header {
         let mut h = tar::Header::new_gnu();
         h.set_entry_type(t);
-        h.set_mode(st.st_mode & 0o7777);
+        // Type bits included, as Go's archive/tar (dockerd) writes them; readers mask them.
+        h.set_mode(st.st_mode & 0o177777);
         h.set_uid(st.st_uid as u64);
         h.set_gid(st.st_gid as u64);
         h.set_mtime(st.st_mtime.max(0) as u64);
