@@ -19,6 +19,7 @@
 pub mod container;
 pub mod domain;
 pub mod error;
+pub mod guest;
 pub mod kvm;
 pub mod layout;
 pub mod libvirt;
@@ -30,6 +31,7 @@ pub mod volumes;
 
 pub use container::{ContainerConfig, ContainerState, Mount, Status};
 pub use error::{Error, Kind, Result};
+pub use guest::{ArchiveStream, CommitOptions, Guest};
 pub use network::{Attachment, EndpointRequest, NetworkConfig, NetworkCreate, NetworkSetup};
 pub use runtime::{
     parse_signal, Config, ContainerView, CreateRequest, ExecProcess, MountRequest, PortLayer,

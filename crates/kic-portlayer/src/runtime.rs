@@ -114,10 +114,10 @@ pub struct ContainerView {
     pub state: ContainerState,
 }
 
-struct Ctr {
-    paths: ContainerPaths,
-    config: RwLock<ContainerConfig>,
-    state: watch::Sender<ContainerState>,
+pub(crate) struct Ctr {
+    pub(crate) paths: ContainerPaths,
+    pub(crate) config: RwLock<ContainerConfig>,
+    pub(crate) state: watch::Sender<ContainerState>,
     /// The live tether session, when this process monitors the container.
     session: tokio::sync::RwLock<Option<Arc<Session>>>,
     log_appended: Notify,
@@ -127,28 +127,33 @@ struct Ctr {
     /// Orders state changes with reads of `state.json`, so that a refresh never brings back
     /// the state a concurrent update is replacing.
     state_io: Mutex<()>,
+    /// Held while the container's VM is up for maintenance (files of a stopped container), and
+    /// by start and remove, which wait for it.
+    pub(crate) maint: Arc<tokio::sync::Mutex<()>>,
 }
 
-struct Inner {
+pub(crate) struct Inner {
     cfg: Config,
-    layout: Layout,
-    hv: Hypervisor,
+    pub(crate) layout: Layout,
+    pub(crate) hv: Hypervisor,
     boot: kic_bootstrap::BootImage,
-    images: kic_image::ImageStore,
+    pub(crate) images: kic_image::ImageStore,
     containers: Mutex<HashMap<String, Arc<Ctr>>>,
     volumes: VolumeStores,
     /// Held while volumes are created or removed, containers referencing them are created, and
     /// while a container's volumes are checked at start.
-    volume_lock: tokio::sync::Mutex<()>,
+    pub(crate) volume_lock: tokio::sync::Mutex<()>,
     networks: Option<Networks>,
     /// Held while addresses are handed out and while networks are removed.
     net_lock: tokio::sync::Mutex<()>,
+    /// Containers whose VM is up for maintenance: their volumes count as in use.
+    pub(crate) maintenance: Mutex<std::collections::HashSet<String>>,
 }
 
 /// The port layer. Cheap to clone.
 #[derive(Clone)]
 pub struct PortLayer {
-    inner: Arc<Inner>,
+    pub(crate) inner: Arc<Inner>,
 }
 
 /// A new 64-hex-digit ID (containers, networks, endpoints).
@@ -250,7 +255,7 @@ fn generated_name() -> String {
 }
 
 /// Take the container's monitor lock; `None` when another process holds it.
-fn try_lock(path: &Path) -> Option<File> {
+pub(crate) fn try_lock(path: &Path) -> Option<File> {
     let f = std::fs::OpenOptions::new()
         .create(true)
         .truncate(false)
@@ -368,6 +373,7 @@ impl PortLayer {
                 volume_lock: tokio::sync::Mutex::new(()),
                 networks,
                 net_lock: tokio::sync::Mutex::new(()),
+                maintenance: Mutex::new(Default::default()),
                 cfg,
                 layout,
                 hv,
@@ -426,8 +432,12 @@ impl PortLayer {
                 .containers
                 .lock()
                 .expect("containers lock")
-                .insert(id, ctr.clone());
-            if d.active {
+                .insert(id.clone(), ctr.clone());
+            if d.active && !ctr.state.borrow().running() {
+                // A maintenance VM whose host process went away: nothing runs in it.
+                tracing::info!("container {id}: ending a leftover maintenance VM");
+                let _ = self.inner.hv.destroy(&d.name).await;
+            } else if d.active {
                 self.ensure_monitor(&ctr);
             } else if ctr.state.borrow().running() {
                 // The VM ended while nobody watched; the log has what was stored.
@@ -437,7 +447,7 @@ impl PortLayer {
         Ok(())
     }
 
-    fn find(&self, name_or_id: &str) -> Result<Arc<Ctr>> {
+    pub(crate) fn find(&self, name_or_id: &str) -> Result<Arc<Ctr>> {
         let cs = self.inner.containers.lock().expect("containers lock");
         let key = name_or_id.strip_prefix('/').unwrap_or(name_or_id);
         if let Some(c) = cs.get(key) {
@@ -861,12 +871,15 @@ impl PortLayer {
 
     /// Refuse a start that would give a volume to two running containers unless both mount it
     /// read-only (each VM has its own filesystem driver: two writers would corrupt it).
-    fn check_volumes_free(&self, config: &ContainerConfig) -> Result<()> {
+    pub(crate) fn check_volumes_free(&self, config: &ContainerConfig) -> Result<()> {
         if config.mounts.is_empty() {
             return Ok(());
         }
+        let maintained = self.inner.maintenance.lock().expect("lock").clone();
         for other in self.list() {
-            if other.config.id == config.id || !other.state.running() {
+            if other.config.id == config.id
+                || !(other.state.running() || maintained.contains(&other.config.id))
+            {
                 continue;
             }
             for m in &config.mounts {
@@ -1133,6 +1146,8 @@ impl PortLayer {
     /// Boot the container's VM and start its main process; returns once it runs (or failed to).
     pub async fn start(&self, name_or_id: &str) -> Result<()> {
         let ctr = self.find(name_or_id)?;
+        // A maintenance VM (docker cp into a stopped container) ends before the real start.
+        let _maint = ctr.maint.clone().lock_owned().await;
         ctr.refresh();
         let id = ctr.id();
         ctr.state.borrow().check_start(&id)?;
@@ -1176,20 +1191,7 @@ impl PortLayer {
         drop(volume_guard);
         drop(net_guard);
         let _ = std::fs::remove_file(ctr.paths.socket());
-        // The boot image may have been rebuilt (upgrade): boot the version this container uses
-        // if it still exists, else the current one.
-        if !self
-            .inner
-            .layout
-            .bootstrap()
-            .join(&config.boot_version)
-            .exists()
-        {
-            let v = self.inner.boot.manifest.version.clone();
-            ctr.config.write().expect("config lock").boot_version = v;
-            let c = ctr.config.read().expect("config lock").clone();
-            self.inner.hv.define(self.domain_xml(&c)).await?;
-        }
+        self.ensure_boot_version(&ctr).await?;
         tracing::debug!("container {id}: starting domain {}", config.domain);
         let started = if net.is_empty() {
             self.inner.hv.start(&config.domain).await
@@ -1218,6 +1220,19 @@ impl PortLayer {
                 )))
             }
         }
+    }
+
+    /// The boot image may have been rebuilt (upgrade): boot the version this container uses
+    /// if it still exists, else the current one.
+    pub(crate) async fn ensure_boot_version(&self, ctr: &Ctr) -> Result<()> {
+        let v = ctr.config.read().expect("config lock").boot_version.clone();
+        if !self.inner.layout.bootstrap().join(&v).exists() {
+            let v = self.inner.boot.manifest.version.clone();
+            ctr.config.write().expect("config lock").boot_version = v;
+            let c = ctr.config.read().expect("config lock").clone();
+            self.inner.hv.define(self.domain_xml(&c)).await?;
+        }
+        Ok(())
     }
 
     fn ensure_monitor(&self, ctr: &Arc<Ctr>) {
@@ -1466,7 +1481,7 @@ impl PortLayer {
     }
 
     /// The live session of a running container served by this process.
-    async fn session(&self, ctr: &Arc<Ctr>) -> Result<Arc<Session>> {
+    pub(crate) async fn session(&self, ctr: &Arc<Ctr>) -> Result<Arc<Session>> {
         ctr.refresh();
         ctr.state.borrow().check_kill(&ctr.id())?;
         if !ctr.monitored.load(Ordering::SeqCst) {
@@ -1589,6 +1604,7 @@ impl PortLayer {
     /// Remove a container: its VM, domain, disk and log. `force` stops it first.
     pub async fn remove(&self, name_or_id: &str, force: bool) -> Result<()> {
         let ctr = self.find(name_or_id)?;
+        let _maint = ctr.maint.clone().lock_owned().await;
         ctr.refresh();
         let id = ctr.id();
         ctr.state.borrow().check_remove(&id, force)?;
@@ -1984,14 +2000,15 @@ impl Ctr {
             exit_waiters: Mutex::new(HashMap::new()),
             monitored: AtomicBool::new(false),
             state_io: Mutex::new(()),
+            maint: Arc::new(tokio::sync::Mutex::new(())),
         }
     }
 
-    fn id(&self) -> String {
+    pub(crate) fn id(&self) -> String {
         self.config.read().expect("config lock").id.clone()
     }
 
-    fn domain(&self) -> String {
+    pub(crate) fn domain(&self) -> String {
         self.config.read().expect("config lock").domain.clone()
     }
 
@@ -2034,7 +2051,7 @@ impl Ctr {
     }
 
     /// When another process monitors this container, its state file is the truth.
-    fn refresh(&self) {
+    pub(crate) fn refresh(&self) {
         if !self.monitored.load(Ordering::SeqCst) {
             self.refresh_from_disk();
         }
