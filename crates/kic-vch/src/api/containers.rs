@@ -4,7 +4,7 @@
 
 use super::stream::{self, DetachScanner, Input};
 use super::util::{self, flag};
-use super::{networks, volumes};
+use super::{archive, networks, volumes};
 use super::{ApiError, ApiResult, AppState};
 use axum::body::{Body, Bytes};
 use axum::extract::{Path, Query, Request, State};
@@ -39,13 +39,13 @@ pub fn routes() -> Router<AppState> {
         .route("/containers/{id}/update", post(update))
         .route("/containers/{id}/pause", post(pause))
         .route("/containers/{id}/unpause", post(pause))
-        .route("/containers/{id}/export", get(not_yet))
-        .route("/containers/{id}/changes", get(not_yet))
+        .route("/containers/{id}/export", get(archive::export))
+        .route("/containers/{id}/changes", get(archive::changes))
         .route(
             "/containers/{id}/archive",
-            get(not_yet).put(not_yet).head(not_yet),
+            get(archive::get).put(archive::put).head(archive::head),
         )
-        .route("/commit", post(not_yet))
+        .route("/commit", post(archive::commit))
         .route(
             "/containers/{id}/checkpoints",
             axum::routing::any(|| async { ApiError::unsupported("checkpoints") }),
@@ -54,13 +54,6 @@ pub fn routes() -> Router<AppState> {
             "/containers/{id}/checkpoints/{*rest}",
             axum::routing::any(|| async { ApiError::unsupported("checkpoints") }),
         )
-}
-
-async fn not_yet() -> ApiError {
-    ApiError::new(
-        StatusCode::NOT_IMPLEMENTED,
-        "docker cp, diff, export and commit are not supported by KIC yet (they come with volumes)",
-    )
 }
 
 async fn pause() -> ApiError {

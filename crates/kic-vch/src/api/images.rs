@@ -10,7 +10,7 @@ pub mod filter;
 #[path = "images_progress.rs"]
 pub mod progress;
 #[path = "images_transfer.rs"]
-mod transfer;
+pub(crate) mod transfer;
 
 use super::util::{flag, parse_filters, unix_of};
 use super::{ApiError, ApiResult, AppState};

@@ -1,6 +1,7 @@
 //! The Docker Engine API routes. Every handler takes [`AppState`] and answers errors as Docker
 //! does: a status code and `{"message": "..."}`.
 
+pub mod archive;
 pub mod containers;
 pub mod events;
 pub mod exec;
