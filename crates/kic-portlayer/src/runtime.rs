@@ -697,6 +697,7 @@ impl PortLayer {
                 name: format!("eth{i}"),
                 address: format!("{}/{}", a.ip, a.prefix_len),
                 gateway: (i == 0).then(|| a.gateway.to_string()),
+                dhcp: false,
             })
             .collect();
         let mut hosts = spec.hosts.clone();
@@ -1325,7 +1326,7 @@ impl PortLayer {
                     })
                     .await
                 {
-                    Ok(Response::Started { pid }) => {
+                    Ok(Response::Started { pid, .. }) => {
                         tracing::debug!("container {}: main process started (pid {pid})", ctr.id());
                         ctr.update(|s| {
                             s.pid = Some(pid);

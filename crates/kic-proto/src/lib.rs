@@ -83,7 +83,8 @@ pub struct ContainerSpec {
     pub hostname: String,
     /// Full contents for the container's `/etc/hosts`.
     pub hosts: String,
-    /// Full contents for `/etc/resolv.conf`; `None` keeps the image's file.
+    /// Full contents for `/etc/resolv.conf`; `None` keeps the image's file, unless the first
+    /// interface uses DHCP and its lease names DNS servers: then they make the file.
     pub resolv_conf: Option<String>,
     /// Guest device holding the container's root filesystem (ext4), e.g. `/dev/vda`.
     pub root_device: String,
@@ -110,6 +111,35 @@ pub struct NetInterface {
     /// Default route through this gateway (set on at most one interface).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub gateway: Option<String>,
+    /// Ask a DHCP server on the segment instead: `address` and `gateway` are then empty. The
+    /// first interface's lease also gives the default route (its router). The tether renews
+    /// the lease for as long as the VM runs.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub dhcp: bool,
+}
+
+fn is_false(v: &bool) -> bool {
+    !*v
+}
+
+/// What an interface got from a DHCP server (answer to `Start`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Lease {
+    /// The interface's MAC address.
+    pub mac: String,
+    /// IPv4 address with its prefix length: `10.99.7.50/24`.
+    pub address: String,
+    /// The router option, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gateway: Option<String>,
+    /// The DNS servers option.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub dns: Vec<String>,
+    /// The server that gave it.
+    pub server: String,
+    /// Lease time in seconds.
+    pub lease_secs: u32,
 }
 
 /// One volume disk to mount inside the container.
@@ -356,6 +386,9 @@ pub enum Response {
     Ok,
     Started {
         pid: i32,
+        /// For `Start`: the leases of the interfaces configured by DHCP.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        leases: Vec<Lease>,
     },
     State {
         processes: Vec<ProcessState>,

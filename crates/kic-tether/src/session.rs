@@ -479,7 +479,10 @@ async fn request(t: &Arc<Tether>, req: Request) -> Response {
             }
             sys::milestone("container entered");
             match t.table.spawn(MAIN_ID, &spec.main) {
-                Ok(pid) => Response::Started { pid },
+                Ok(pid) => Response::Started {
+                    pid,
+                    leases: vec![],
+                },
                 Err(e) => Response::Error {
                     message: e.message,
                     exit_code: Some(e.exit_code),
@@ -491,7 +494,10 @@ async fn request(t: &Arc<Tether>, req: Request) -> Response {
                 return error("the container is not running");
             }
             match t.table.spawn(&id, &spec) {
-                Ok(pid) => Response::Started { pid },
+                Ok(pid) => Response::Started {
+                    pid,
+                    leases: vec![],
+                },
                 Err(e) => Response::Error {
                     message: e.message,
                     exit_code: Some(e.exit_code),
