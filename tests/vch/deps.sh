@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # What the black-box VCH suite needs: pytest, the Python Docker SDK, docker-compose 1.29,
 # util-linux's `script` (a TTY for `docker run -it`), skopeo and a registry to seed images,
-# and docker.io (a private dockerd, to check the suite against real Docker).
+# docker.io (a private dockerd, to check the suite against real Docker) and dnsmasq (a DHCP
+# server on a container network's segment).
 # Idempotent: installs only what is missing.
 set -euo pipefail
 
-PKGS=(python3-pytest python3-pytest-timeout python3-docker docker-compose bsdutils skopeo docker-registry docker.io iproute2)
+PKGS=(python3-pytest python3-pytest-timeout python3-docker docker-compose bsdutils skopeo docker-registry docker.io iproute2 dnsmasq-base)
 
 missing=()
 for p in "${PKGS[@]}"; do

@@ -364,24 +364,50 @@ def test_compose_app_with_published_port_service_names_and_volume(nd):
         compose(nd, project, "down", "-v", "-t", "1", env=env)
 
 
+class Segment:
+    """A host bridge in libvirtd's namespace (no address there) with a veth whose other end, in
+    the test's namespace, has `gateway` (CIDR): a segment the test owns, like an admin's VLAN."""
+
+    def __init__(self, gateway):
+        import os
+        tag = secrets.token_hex(2)
+        self.br, self.va, self.vb = f"kictb{tag}", f"kictva{tag}", f"kictvb{tag}"
+        self.tag = tag
+        libvirtd = open("/run/libvirtd.pid").read().strip()
+        self.root = ["nsenter", f"--net=/proc/{libvirtd}/ns/net"]
+        sh(self.root + ["ip", "link", "add", self.br, "type", "bridge"])
+        try:
+            sh(self.root + ["ip", "link", "set", self.br, "up"])
+            sh(self.root + ["ip", "link", "add", self.va, "type", "veth", "peer", "name", self.vb])
+            sh(self.root + ["ip", "link", "set", self.va, "master", self.br, "up"])
+            sh(self.root + ["ip", "link", "set", self.vb, "netns", str(os.getpid())])
+            sh(["ip", "addr", "add", gateway, "dev", self.vb])
+            sh(["ip", "link", "set", self.vb, "up"])
+        except BaseException:
+            self.delete()
+            raise
+
+    def delete(self):
+        sh(self.root + ["ip", "link", "del", self.br], check=False)
+        sh(self.root + ["ip", "link", "del", self.va], check=False)
+
+
+def answers_http(ip, cid):
+    try:
+        with socket.create_connection((ip, 80), timeout=3) as s:
+            s.sendall(b"GET /hostname HTTP/1.0\r\n\r\n")
+            return cid in s.makefile("rb").read().decode(errors="replace")
+    except OSError:
+        return False
+
+
 def test_container_network_reaches_containers_without_nat(vch_factory):
-    """VIC's container network: a host bridge mapped into the VCH as a Docker network. The test
-    makes a bridge in the host's namespace (no address there) with a veth whose other end, in
-    the test's namespace, is the segment's gateway; a container on it answers there directly."""
-    import os
-    tag = secrets.token_hex(2)
-    br, va, vb = f"kictb{tag}", f"kictva{tag}", f"kictvb{tag}"
-    libvirtd = open("/run/libvirtd.pid").read().strip()
-    root = ["nsenter", f"--net=/proc/{libvirtd}/ns/net"]
-    sh(root + ["ip", "link", "add", br, "type", "bridge"])
+    """VIC's container network: a host bridge mapped into the VCH as a Docker network, with a
+    fixed range; a container on it answers on the segment directly."""
+    seg = Segment("10.99.7.1/24")
+    br, tag = seg.br, seg.tag
     name = f"cn-{tag}"
     try:
-        sh(root + ["ip", "link", "set", br, "up"])
-        sh(root + ["ip", "link", "add", va, "type", "veth", "peer", "name", vb])
-        sh(root + ["ip", "link", "set", va, "master", br, "up"])
-        sh(root + ["ip", "link", "set", vb, "netns", str(os.getpid())])
-        sh(["ip", "addr", "add", "10.99.7.1/24", "dev", vb])
-        sh(["ip", "link", "set", vb, "up"])
         vch, d = vch_factory(["--container-network", f"{br}:lan",
                               "--container-network-gateway", "lan:10.99.7.1/24",
                               "--container-network-ip-range", "lan:10.99.7.16/28"])
@@ -394,24 +420,69 @@ def test_container_network_reaches_containers_without_nat(vch_factory):
         ip = d.inspect(name, "{{json .NetworkSettings.Networks}}")["lan"]["IPAddress"]
         assert ip.startswith("10.99.7.") and 16 <= int(ip.rsplit(".", 1)[1]) < 32, ip
         cid = d.inspect(name, "{{.Id}}")[:12]
-
-        def direct():
-            try:
-                with socket.create_connection((ip, 80), timeout=3) as s:
-                    s.sendall(b"GET /hostname HTTP/1.0\r\n\r\n")
-                    return cid in s.makefile("rb").read().decode(errors="replace")
-            except OSError:
-                return False
-        wait_until("the container to answer on the container network without NAT", direct, 90)
+        wait_until("the container to answer on the container network without NAT",
+                   lambda: answers_http(ip, cid), 90)
         r = d("network", "rm", "lan")
         assert r.rc != 0 and "container network" in r.err, r.err
-        # A bridge that does not exist is refused at create.
+        # A bridge that does not exist is refused at create; so is a range without a gateway.
         r = sh([vch.machine, "--state-root", str(vch.root), "create", "--name", f"kicbad{tag}",
                 "--container-network", f"nosuchbr{tag}:x", "--container-network-gateway", "x:10.1.1.1/24",
                 "--container-network-ip-range", "x:10.1.1.0/28"], check=False)
         assert r.rc != 0 and f"no Linux bridge \"nosuchbr{tag}\"" in r.out + r.err, r
+        r = sh([vch.machine, "--state-root", str(vch.root), "create", "--name", f"kicbad{tag}",
+                "--container-network", f"{br}:x", "--container-network-ip-range", "x:10.1.1.0/28"], check=False)
+        assert r.rc != 0 and "needs --container-network-gateway x:" in r.out + r.err, r
     finally:
         if "d" in locals():
             d("rm", "-f", name)
-        sh(root + ["ip", "link", "del", br], check=False)
-        sh(root + ["ip", "link", "del", va], check=False)
+        seg.delete()
+
+
+def test_container_network_with_dhcp(vch_factory, tmp_path):
+    """A container network without a range: containers ask the segment's DHCP server (dnsmasq
+    here) for their address, route and nameserver, and keep the address across restarts."""
+    seg = Segment("10.99.8.1/24")
+    name = f"dh-{seg.tag}"
+    server = subprocess.Popen(
+        ["dnsmasq", "--no-daemon", "--conf-file=/dev/null", "--port=0", "--user=root",
+         f"--interface={seg.vb}", "--bind-interfaces", "--dhcp-authoritative",
+         "--dhcp-range=10.99.8.50,10.99.8.60,255.255.255.0,1h",
+         "--dhcp-option=option:router,10.99.8.1", "--dhcp-option=option:dns-server,10.99.8.1",
+         f"--dhcp-leasefile={tmp_path}/leases", f"--pid-file={tmp_path}/dnsmasq.pid"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        vch, d = vch_factory(["--container-network", f"{seg.br}:dlan"])
+        cfg = sh([vch.machine, "--state-root", str(vch.root), "inspect", "config", vch.name]).out
+        assert f"--container-network {seg.br}:dlan" in cfg and "dlan:" not in cfg, cfg
+        info = sh([vch.machine, "--state-root", str(vch.root), "inspect", vch.name]).out
+        assert "addresses from DHCP" in info, info
+        net = json.loads(d.out("network", "inspect", "dlan"))[0]
+        assert net["Driver"] == "external" and net["IPAM"]["Config"] == [], net
+        _pull_as(d, "library/busybox", "busybox:latest")
+        d.ok("run", "-d", "--name", name, "--network", "dlan", "busybox", "httpd", "-f", "-p", "80", "-h", "/etc",
+             timeout=180)
+        ep = d.inspect(name, "{{json .NetworkSettings.Networks}}")["dlan"]
+        ip = ep["IPAddress"]
+        assert ip.startswith("10.99.8.") and 50 <= int(ip.rsplit(".", 1)[1]) <= 60, ep
+        assert ep["IPPrefixLen"] == 24 and ep["Gateway"] == "10.99.8.1", ep
+        assert ip in (tmp_path / "leases").read_text(), "dnsmasq gave that lease"
+        cid = d.inspect(name, "{{.Id}}")[:12]
+        wait_until("the container to answer at its DHCP address", lambda: answers_http(ip, cid), 90)
+        assert "nameserver 10.99.8.1" in d.out("exec", name, "cat", "/etc/resolv.conf")
+        assert "default via 10.99.8.1" in d.out("exec", name, "ip", "route")
+        r = d("run", "--rm", "--network", "dlan", "--ip", "10.99.8.55", "busybox", "true")
+        assert r.rc != 0 and "gets its addresses from DHCP" in r.err, r.err
+        # The same MAC asks again after a restart: the same address.
+        d.ok("stop", "-t", "1", name, timeout=120)
+        d.ok("start", name, timeout=180)
+        assert d.inspect(name, "{{json .NetworkSettings.Networks}}")["dlan"]["IPAddress"] == ip
+        wait_until("the container to answer again", lambda: answers_http(ip, cid), 90)
+    finally:
+        if "d" in locals():
+            d("rm", "-f", name)
+        server.terminate()
+        try:
+            server.wait(10)
+        except subprocess.TimeoutExpired:
+            server.kill()
+        seg.delete()

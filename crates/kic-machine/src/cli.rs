@@ -269,11 +269,12 @@ pub struct ContainerNetworkArgs {
     /// A host bridge mapped into the VCH as the Docker network ALIAS (repeatable).
     #[arg(long, value_name = "BRIDGE:ALIAS")]
     pub container_network: Vec<String>,
-    /// The gateway of a container network, with its prefix length (required per network).
+    /// The gateway of a container network, with its prefix length (required with an IP range;
+    /// optional with DHCP, where the leases give the route).
     #[arg(long, value_name = "ALIAS:GATEWAY/LEN")]
     pub container_network_gateway: Vec<String>,
-    /// The addresses containers get on it, a CIDR inside the segment (required per network;
-    /// KIC does not run DHCP on container networks).
+    /// The addresses containers get on it, a CIDR inside the segment; without it containers
+    /// ask a DHCP server on the segment.
     #[arg(long, value_name = "ALIAS:CIDR")]
     pub container_network_ip_range: Vec<String>,
     /// A nameserver for containers on it (repeatable).
@@ -394,11 +395,23 @@ pub fn parse_container_networks(a: &ContainerNetworkArgs) -> Result<Vec<Containe
             .push(v);
     }
     for o in &out {
-        let Some((gw, len)) = cidr(&o.gateway) else {
-            bail!("container network {}: give --container-network-gateway {}:GATEWAY/LEN (KIC does not run DHCP on container networks)", o.alias, o.alias);
+        let gateway = cidr(&o.gateway);
+        if !o.gateway.is_empty() && gateway.is_none() {
+            bail!(
+                "--container-network-gateway {}:{}: expected GATEWAY/LEN such as 10.9.0.1/24",
+                o.alias,
+                o.gateway
+            );
+        }
+        if o.ip_range.is_empty() {
+            // DHCP: a server on the segment gives the addresses (and the route).
+            continue;
+        }
+        let Some((gw, len)) = gateway else {
+            bail!("container network {}: an IP range needs --container-network-gateway {}:GATEWAY/LEN (or give neither, and containers use DHCP)", o.alias, o.alias);
         };
         let Some((r, rlen)) = cidr(&o.ip_range) else {
-            bail!("container network {}: give --container-network-ip-range {}:CIDR inside the segment (KIC does not run DHCP on container networks)", o.alias, o.alias);
+            bail!("--container-network-ip-range {}:{}: expected a CIDR inside the segment such as 10.9.0.16/28", o.alias, o.ip_range);
         };
         if rlen < len || !in_net(r, gw, len) {
             bail!(
@@ -683,14 +696,18 @@ pub fn create_flags(c: &VchConfig, m: &MachineMeta) -> Vec<String> {
     }
     for n in &c.container_networks {
         add("--container-network", format!("{}:{}", n.bridge, n.alias));
-        add(
-            "--container-network-gateway",
-            format!("{}:{}", n.alias, n.gateway),
-        );
-        add(
-            "--container-network-ip-range",
-            format!("{}:{}", n.alias, n.ip_range),
-        );
+        if !n.gateway.is_empty() {
+            add(
+                "--container-network-gateway",
+                format!("{}:{}", n.alias, n.gateway),
+            );
+        }
+        if !n.ip_range.is_empty() {
+            add(
+                "--container-network-ip-range",
+                format!("{}:{}", n.alias, n.ip_range),
+            );
+        }
         for d in &n.dns {
             add("--container-network-dns", format!("{}:{d}", n.alias));
         }

@@ -216,9 +216,19 @@ pub fn inspect(root: &Path, a: &InspectArgs) -> Result<()> {
         c.name
     );
     for n in &c.container_networks {
+        let or_dhcp = |v: &str| {
+            if v.is_empty() {
+                "from DHCP".to_string()
+            } else {
+                v.to_string()
+            }
+        };
         println!(
             "  Container network:  {}: host bridge {}, gateway {}, addresses {}",
-            n.alias, n.bridge, n.gateway, n.ip_range
+            n.alias,
+            n.bridge,
+            or_dhcp(&n.gateway),
+            or_dhcp(&n.ip_range)
         );
     }
     println!(

@@ -60,10 +60,11 @@ pub struct ExternalNetwork {
     pub alias: String,
     /// The Linux bridge in the host's (libvirtd's) network namespace.
     pub bridge: String,
-    /// The segment's gateway and prefix (`10.9.0.1/24`).
-    pub gateway: Ipv4Net,
-    /// Addresses handed to containers (within the segment).
-    pub range: Ipv4Net,
+    /// The segment's gateway and prefix (`10.9.0.1/24`); optional with DHCP.
+    pub gateway: Option<Ipv4Net>,
+    /// Addresses handed to containers (within the segment); `None`: containers ask a DHCP
+    /// server on the segment.
+    pub range: Option<Ipv4Net>,
     /// Nameservers for containers whose first network this is.
     pub dns: Vec<Ipv4Addr>,
 }
@@ -145,6 +146,18 @@ pub struct NetworkConfig {
     /// Nameservers of a container network.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub dns: Vec<Ipv4Addr>,
+    /// A container network whose addresses come from a DHCP server on the segment (its
+    /// `subnet` and `gateway` are `0.0.0.0/32` and `0.0.0.0` unless the VCH was told them).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub dhcp: bool,
+}
+
+impl NetworkConfig {
+    /// The subnet this network claims in the VCH's address plan (none for DHCP without a
+    /// known segment).
+    fn claimed(&self) -> Option<Ipv4Net> {
+        (!self.dhcp || self.user_subnet).then_some(self.subnet)
+    }
 }
 
 /// What `network create` asks for.
@@ -204,6 +217,17 @@ pub fn mac_for(ip: Ipv4Addr) -> String {
     format!("02:42:{:02x}:{:02x}:{:02x}:{:02x}", o[0], o[1], o[2], o[3])
 }
 
+/// The MAC of container `id`'s `i`-th NIC on a DHCP network: Docker's `02:42` prefix and four
+/// bytes of the container ID, so that every start asks with the same one (and gets the same
+/// address back from the server).
+pub fn mac_for_dhcp(id: &str, i: usize) -> String {
+    let n = u32::from_str_radix(id.get(..8).unwrap_or("0"), 16)
+        .unwrap_or(0)
+        .wrapping_add(i as u32);
+    let o = n.to_be_bytes();
+    format!("02:42:{:02x}:{:02x}:{:02x}:{:02x}", o[0], o[1], o[2], o[3])
+}
+
 /// The prefix length of the blocks a range is cut into for networks without a subnet.
 fn block_len(range: &Ipv4Net) -> u8 {
     (range.prefix_len() + 4).clamp(16, 28)
@@ -259,6 +283,7 @@ impl Networks {
                 bridge: String::new(),
                 external: false,
                 dns: Vec::new(),
+                dhcp: false,
             })?;
         }
         nets.sync_external()?;
@@ -297,9 +322,12 @@ impl Networks {
                     .unwrap_or_else(crate::runtime::random_id),
                 name: w.alias.clone(),
                 driver: "external".into(),
-                subnet: w.gateway.trunc(),
-                gateway: w.gateway.addr(),
-                ip_range: Some(w.range),
+                subnet: w
+                    .gateway
+                    .map(|g| g.trunc())
+                    .unwrap_or_else(|| Ipv4Net::new(Ipv4Addr::UNSPECIFIED, 32).expect("valid")),
+                gateway: w.gateway.map(|g| g.addr()).unwrap_or(Ipv4Addr::UNSPECIFIED),
+                ip_range: w.range,
                 internal: false,
                 labels: BTreeMap::new(),
                 options: BTreeMap::new(),
@@ -308,10 +336,11 @@ impl Networks {
                     .map(|o| o.created.clone())
                     .unwrap_or_else(now_rfc3339),
                 builtin: true,
-                user_subnet: true,
+                user_subnet: w.gateway.is_some(),
                 bridge: w.bridge.clone(),
                 external: true,
                 dns: w.dns.clone(),
+                dhcp: w.range.is_none(),
             };
             if old.as_ref() != Some(&n) {
                 self.save(&n)?;
@@ -338,7 +367,7 @@ impl Networks {
             .lock()
             .expect("lock")
             .values()
-            .map(|n| n.subnet)
+            .filter_map(NetworkConfig::claimed)
             .chain(taken.iter().copied())
             .collect();
         let r = self.setup.range;
@@ -443,7 +472,11 @@ impl Networks {
                     )));
                 }
                 let n = n.trunc();
-                if let Some(o) = self.list().iter().find(|o| overlaps(&o.subnet, &n)) {
+                if let Some(o) = self
+                    .list()
+                    .iter()
+                    .find(|o| o.claimed().is_some_and(|c| overlaps(&c, &n)))
+                {
                     return Err(Error::new(
                         crate::error::Kind::Forbidden,
                         format!(
@@ -511,6 +544,7 @@ impl Networks {
             bridge: String::new(),
             external: false,
             dns: Vec::new(),
+            dhcp: false,
         })?;
         if let Err(e) = Plumbing(&self.setup)
             .bridge_up(&n)

@@ -622,6 +622,26 @@ impl PortLayer {
                     format!("network {} not found", e.network_id),
                 )
             })?;
+            if n.dhcp {
+                if e.ipv4.is_some() {
+                    return Err(Error::invalid(format!(
+                        "network {} gets its addresses from DHCP: an address (--ip) cannot be given on it",
+                        n.name
+                    )));
+                }
+                // The address comes with the lease at start; the MAC stays the same across
+                // starts, so the server gives the same address back.
+                out.push(Attachment {
+                    network_id: n.id.clone(),
+                    ip: std::net::Ipv4Addr::UNSPECIFIED,
+                    prefix_len: 0,
+                    gateway: n.gateway,
+                    mac: crate::network::mac_for_dhcp(id, i),
+                    tap: format!("kt{}{i}", &id[..11]),
+                    endpoint_id: random_id(),
+                });
+                continue;
+            }
             let used = self
                 .network_endpoints(&n.id)
                 .into_iter()
@@ -689,19 +709,37 @@ impl PortLayer {
         if net.is_empty() {
             return spec;
         }
+        let nets = self.inner.networks.as_ref();
+        let dhcp = |a: &Attachment| {
+            nets.and_then(|n| n.by_id(&a.network_id))
+                .is_some_and(|n| n.dhcp)
+        };
         spec.interfaces = net
             .iter()
             .enumerate()
-            .map(|(i, a)| kic_proto::NetInterface {
-                mac: a.mac.clone(),
-                name: format!("eth{i}"),
-                address: format!("{}/{}", a.ip, a.prefix_len),
-                gateway: (i == 0).then(|| a.gateway.to_string()),
-                dhcp: false,
+            .map(|(i, a)| {
+                if dhcp(a) {
+                    kic_proto::NetInterface {
+                        mac: a.mac.clone(),
+                        name: format!("eth{i}"),
+                        dhcp: true,
+                        ..Default::default()
+                    }
+                } else {
+                    kic_proto::NetInterface {
+                        mac: a.mac.clone(),
+                        name: format!("eth{i}"),
+                        address: format!("{}/{}", a.ip, a.prefix_len),
+                        gateway: (i == 0).then(|| a.gateway.to_string()),
+                        dhcp: false,
+                    }
+                }
             })
             .collect();
         let mut hosts = spec.hosts.clone();
-        hosts.push_str(&format!("{}\t{}\n", net[0].ip, spec.hostname));
+        if !net[0].ip.is_unspecified() {
+            hosts.push_str(&format!("{}\t{}\n", net[0].ip, spec.hostname));
+        }
         // Legacy links: the linked container's address under the alias, as Docker writes it.
         for (e, a) in c.networks.iter().zip(net) {
             for l in &e.links {
@@ -730,10 +768,12 @@ impl PortLayer {
             .networks
             .as_ref()
             .and_then(|n| n.by_id(&net[0].network_id));
-        spec.resolv_conf = Some(match first.filter(|n| n.external) {
-            Some(n) => n.dns.iter().map(|d| format!("nameserver {d}\n")).collect(),
-            None => format!("nameserver {}\noptions ndots:0\n", net[0].gateway),
-        });
+        spec.resolv_conf = match first.filter(|n| n.external) {
+            // DHCP without nameservers of its own: the lease's (the tether writes them).
+            Some(n) if n.dhcp && n.dns.is_empty() => None,
+            Some(n) => Some(n.dns.iter().map(|d| format!("nameserver {d}\n")).collect()),
+            None => Some(format!("nameserver {}\noptions ndots:0\n", net[0].gateway)),
+        };
         spec
     }
 
@@ -1326,11 +1366,12 @@ impl PortLayer {
                     })
                     .await
                 {
-                    Ok(Response::Started { pid, .. }) => {
+                    Ok(Response::Started { pid, leases }) => {
                         tracing::debug!("container {}: main process started (pid {pid})", ctr.id());
                         ctr.update(|s| {
                             s.pid = Some(pid);
                             s.main_started = true;
+                            apply_leases(&mut s.net, &leases);
                         });
                         ctr.finish_start(Ok(()));
                     }
@@ -1867,6 +1908,22 @@ impl PortLayer {
             Ok(Response::Top { titles, processes }) => Ok((titles, processes)),
             Ok(other) => Err(Error::internal(format!("unexpected top answer {other:?}"))),
             Err(e) => Err(Error::unavailable(e.to_string())),
+        }
+    }
+}
+
+/// Addresses the tether got by DHCP into the attachments of the same MACs.
+fn apply_leases(net: &mut [Attachment], leases: &[kic_proto::Lease]) {
+    for l in leases {
+        let Some(a) = net.iter_mut().find(|a| a.mac.eq_ignore_ascii_case(&l.mac)) else {
+            continue;
+        };
+        if let Ok(addr) = l.address.parse::<ipnet::Ipv4Net>() {
+            a.ip = addr.addr();
+            a.prefix_len = addr.prefix_len();
+        }
+        if let Some(g) = l.gateway.as_deref().and_then(|g| g.parse().ok()) {
+            a.gateway = g;
         }
     }
 }

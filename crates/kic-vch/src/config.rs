@@ -43,9 +43,12 @@ pub struct ContainerNetwork {
     pub alias: String,
     /// An existing Linux bridge on the host.
     pub bridge: String,
-    /// The segment's gateway with its prefix length (`10.9.0.1/24`).
+    /// The segment's gateway with its prefix length (`10.9.0.1/24`); may be empty with DHCP.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub gateway: String,
-    /// The addresses containers get (a CIDR inside the segment).
+    /// The addresses containers get (a CIDR inside the segment); empty: a DHCP server on the
+    /// segment gives them.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub ip_range: String,
     /// Nameservers for containers on it.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]

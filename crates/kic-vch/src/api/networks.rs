@@ -58,6 +58,12 @@ pub fn network_json(s: &AppState, n: &NetworkConfig, containers: bool) -> Value 
     if let Some(r) = n.ip_range {
         ipam["IPRange"] = json!(r.to_string());
     }
+    // A DHCP container network: the segment is the server's business unless the VCH knows it.
+    let ipam_config = if n.dhcp && !n.user_subnet {
+        json!([])
+    } else {
+        json!([ipam])
+    };
     let mut options = n.options.clone();
     options.insert("com.docker.network.bridge.name".into(), n.bridge.clone());
     if n.builtin && !n.external {
@@ -89,7 +95,7 @@ pub fn network_json(s: &AppState, n: &NetworkConfig, containers: bool) -> Value 
         "Driver": n.driver,
         "EnableIPv4": true,
         "EnableIPv6": false,
-        "IPAM": {"Driver": "default", "Options": {}, "Config": [ipam]},
+        "IPAM": {"Driver": "default", "Options": {}, "Config": ipam_config},
         "Internal": n.internal,
         "Attachable": false,
         "Ingress": false,

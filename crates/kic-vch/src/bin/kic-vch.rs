@@ -72,8 +72,12 @@ async fn run(cfg: VchConfig) -> anyhow::Result<()> {
             .push(kic_portlayer::network::ExternalNetwork {
                 alias: n.alias.clone(),
                 bridge: n.bridge.clone(),
-                gateway: n.gateway.parse().map_err(|_| bad("gateway"))?,
-                range: n.ip_range.parse().map_err(|_| bad("ip range"))?,
+                gateway: (!n.gateway.is_empty())
+                    .then(|| n.gateway.parse().map_err(|_| bad("gateway")))
+                    .transpose()?,
+                range: (!n.ip_range.is_empty())
+                    .then(|| n.ip_range.parse().map_err(|_| bad("ip range")))
+                    .transpose()?,
                 dns: n
                     .dns
                     .iter()
