@@ -11,6 +11,7 @@
 //! container without starting anything (maintenance: `docker cp`, `diff`, `commit`, `export`
 //! through the archive and listing streams, `files`), and `PowerOff` ends such a VM.
 
+mod dhcp;
 mod files;
 mod net;
 mod output;

@@ -1,11 +1,14 @@
 //! The container's network inside the guest: loopback, and each virtio-net device the host
 //! attached, found by its MAC address, renamed (`eth0`, `eth1`, ...), addressed and brought up,
-//! with the default route through the gateway the host names.
+//! with the default route through the gateway the host names. An interface marked `dhcp` gets
+//! its address (and, if it is the first, the default route) from a DHCP server on its segment
+//! instead ([`crate::dhcp`]), and keeps it renewed.
 //!
 //! Plain `ioctl`s on an `AF_INET` socket (the same calls `ifconfig` and `route` make): the guest
 //! has no netlink tooling, and these few calls need none.
 
-use kic_proto::NetInterface;
+use crate::dhcp;
+use kic_proto::{Lease, NetInterface};
 use std::ffi::CString;
 use std::fs;
 use std::net::Ipv4Addr;
@@ -39,6 +42,12 @@ impl std::str::FromStr for Mac {
             *b = u8::from_str_radix(p, 16).map_err(|_| bad())?;
         }
         Ok(Mac(m))
+    }
+}
+
+impl Mac {
+    pub fn bytes(&self) -> [u8; 6] {
+        self.0
     }
 }
 
@@ -93,13 +102,33 @@ impl std::str::FromStr for Cidr {
     }
 }
 
+/// How an interface gets its address.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Addressing {
+    /// The host's address, and the default route through `gateway` if there is one.
+    Static {
+        cidr: Cidr,
+        gateway: Option<Ipv4Addr>,
+    },
+    /// A DHCP server's.
+    Dhcp,
+}
+
 /// One interface to set up, checked before anything in the guest changes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Plan {
     mac: Mac,
     name: String,
-    cidr: Cidr,
-    gateway: Option<Ipv4Addr>,
+    addressing: Addressing,
+}
+
+impl Plan {
+    fn gateway(&self) -> Option<Ipv4Addr> {
+        match self.addressing {
+            Addressing::Static { gateway, .. } => gateway,
+            Addressing::Dhcp => None,
+        }
+    }
 }
 
 /// The kernel's rules for interface names (`dev_valid_name`).
@@ -123,21 +152,31 @@ fn plan(ifaces: &[NetInterface]) -> Result<Vec<Plan>, String> {
                 "{what}: invalid interface name (1 to 15 characters, no '/', ':' or spaces)"
             ));
         }
-        let cidr: Cidr = i.address.parse().map_err(|e| format!("{what}: {e}"))?;
-        let gateway = match &i.gateway {
-            None => None,
-            Some(g) => {
-                let gw: Ipv4Addr = g
-                    .parse()
-                    .map_err(|_| format!("{what}: invalid gateway address {g:?}"))?;
-                if !cidr.contains(gw) {
-                    return Err(format!(
-                        "{what}: gateway {gw} is not on the subnet of {}",
-                        i.address
-                    ));
-                }
-                Some(gw)
+        let addressing = if i.dhcp {
+            if !i.address.is_empty() || i.gateway.is_some() {
+                return Err(format!(
+                    "{what}: DHCP and a fixed address or gateway exclude each other"
+                ));
             }
+            Addressing::Dhcp
+        } else {
+            let cidr: Cidr = i.address.parse().map_err(|e| format!("{what}: {e}"))?;
+            let gateway = match &i.gateway {
+                None => None,
+                Some(g) => {
+                    let gw: Ipv4Addr = g
+                        .parse()
+                        .map_err(|_| format!("{what}: invalid gateway address {g:?}"))?;
+                    if !cidr.contains(gw) {
+                        return Err(format!(
+                            "{what}: gateway {gw} is not on the subnet of {}",
+                            i.address
+                        ));
+                    }
+                    Some(gw)
+                }
+            };
+            Addressing::Static { cidr, gateway }
         };
         if let Some(p) = plans.iter().find(|p| p.name == i.name || p.mac == mac) {
             return Err(format!(
@@ -145,16 +184,32 @@ fn plan(ifaces: &[NetInterface]) -> Result<Vec<Plan>, String> {
                 p.name, p.mac
             ));
         }
-        if gateway.is_some() && plans.iter().any(|p| p.gateway.is_some()) {
+        let has_gateway = matches!(
+            addressing,
+            Addressing::Static {
+                gateway: Some(_),
+                ..
+            }
+        );
+        if has_gateway && plans.iter().any(|p| p.gateway().is_some()) {
             return Err(format!(
                 "{what}: a second default gateway; only one interface may have one"
+            ));
+        }
+        if has_gateway
+            && plans
+                .first()
+                .is_some_and(|p| p.addressing == Addressing::Dhcp)
+        {
+            return Err(format!(
+                "{what}: a second default gateway; the first interface's DHCP lease gives the \
+                 default route"
             ));
         }
         plans.push(Plan {
             mac,
             name: i.name.clone(),
-            cidr,
-            gateway,
+            addressing,
         });
     }
     Ok(plans)
@@ -224,6 +279,23 @@ fn wait_for_devices(dir: &Path, plans: &[Plan], timeout: Duration) -> Result<Vec
             continue;
         }
         return Ok(found.into_iter().map(|n| n.expect("all found")).collect());
+    }
+}
+
+/// How long a DHCP client waits for its device's link before it sends anyway.
+const LINK_WAIT: Duration = Duration::from_secs(2);
+
+/// Wait until the device `name` in a `/sys/class/net`-like directory is operationally up (or
+/// `timeout` passes: the client's own retries and timeout take over from there).
+fn wait_for_link(sys_class_net: &Path, name: &str, timeout: Duration) {
+    let state = sys_class_net.join(name).join("operstate");
+    let start = Instant::now();
+    while start.elapsed() < timeout {
+        match fs::read_to_string(&state) {
+            Ok(s) if matches!(s.trim(), "up" | "unknown") => return,
+            Err(_) => return,
+            Ok(_) => std::thread::sleep(Duration::from_millis(10)),
+        }
     }
 }
 
@@ -361,23 +433,39 @@ impl Ctl {
     }
 }
 
-/// Bring `lo` up and set up every interface the host attached, before the container runs.
-pub fn configure(ifaces: &[NetInterface]) -> Result<(), String> {
-    configure_in(Path::new(SYS_CLASS_NET), ifaces, DEVICE_WAIT)
+/// Bring `lo` up and set up every interface the host attached, before the container runs. The
+/// leases of the DHCP interfaces, which stay renewed for as long as the VM runs.
+pub fn configure(ifaces: &[NetInterface]) -> Result<Vec<Lease>, String> {
+    let c = configure_in(Path::new(SYS_CLASS_NET), ifaces, DEVICE_WAIT, &dhcp::TIMING)?;
+    for k in c.keepers {
+        k.detach();
+    }
+    Ok(c.leases)
+}
+
+/// What [`configure_in`] set up: the DHCP leases and the threads keeping them.
+struct Configured {
+    leases: Vec<Lease>,
+    keepers: Vec<dhcp::Keeper>,
 }
 
 fn configure_in(
     sys_class_net: &Path,
     ifaces: &[NetInterface],
     wait: Duration,
-) -> Result<(), String> {
+    timing: &dhcp::Timing,
+) -> Result<Configured, String> {
     let plans = plan(ifaces)?;
     let ctl = Ctl::new()?;
     // Bringing `lo` up gives it 127.0.0.1/8 (and ::1), as in every Docker container.
     ctl.up("lo")
         .map_err(|e| format!("cannot bring up the loopback interface lo: {e}"))?;
+    let mut done = Configured {
+        leases: Vec::new(),
+        keepers: Vec::new(),
+    };
     if plans.is_empty() {
-        return Ok(());
+        return Ok(done);
     }
     let current = wait_for_devices(sys_class_net, &plans, wait)?;
     // A device whose current name another one wants moves to a temporary name first, so that
@@ -411,17 +499,19 @@ fn configure_in(
                 )
             })?;
         }
-        ctl.set_addr(&p.name, p.cidr).map_err(|e| {
-            format!(
-                "{what}: cannot set address {}/{}: {e}",
-                p.cidr.addr, p.cidr.prefix
-            )
-        })?;
+        if let Addressing::Static { cidr, .. } = p.addressing {
+            ctl.set_addr(&p.name, cidr).map_err(|e| {
+                format!(
+                    "{what}: cannot set address {}/{}: {e}",
+                    cidr.addr, cidr.prefix
+                )
+            })?;
+        }
         ctl.up(&p.name)
             .map_err(|e| format!("{what}: cannot bring the interface up: {e}"))?;
     }
     for p in &plans {
-        if let Some(gw) = p.gateway {
+        if let Some(gw) = p.gateway() {
             ctl.default_route(&p.name, gw).map_err(|e| {
                 format!(
                     "network interface {} (MAC {}): cannot add the default route via {gw}: {e}",
@@ -430,7 +520,74 @@ fn configure_in(
             })?;
         }
     }
-    Ok(())
+    // The DHCP interfaces, all at once: each may wait for its server up to `timing.give_up`.
+    // Each waits for its link first: until the kernel has seen the carrier, what it sends is
+    // dropped, and the first DISCOVER would only be repeated half a second later.
+    let acquired = std::thread::scope(|s| {
+        let clients: Vec<_> = plans
+            .iter()
+            .zip(ifaces)
+            .enumerate()
+            .filter(|(_, (p, _))| p.addressing == Addressing::Dhcp)
+            .map(|(n, (p, i))| {
+                let h = s.spawn(move || {
+                    wait_for_link(sys_class_net, &p.name, LINK_WAIT);
+                    let label = format!("{} (MAC {})", p.name, p.mac);
+                    let mut t = dhcp::UdpTransport::on_device(&p.name).map_err(|e| {
+                        format!("network interface {label}: cannot open a DHCP client socket: {e}")
+                    })?;
+                    let (b, since) = dhcp::acquire(&mut t, p.mac.bytes(), &label, timing)?;
+                    Ok((t, b, since))
+                });
+                (n, p, i, h)
+            })
+            .collect();
+        clients
+            .into_iter()
+            .map(|(n, p, i, h)| {
+                let r: Result<_, String> = h
+                    .join()
+                    .unwrap_or_else(|_| Err(format!("DHCP on {}: the client panicked", p.name)));
+                (n, p, i, r)
+            })
+            .collect::<Vec<_>>()
+    });
+    for (n, p, i, r) in acquired {
+        let (t, b, since) = r?;
+        let what = format!("network interface {} (MAC {})", p.name, p.mac);
+        let cidr = Cidr {
+            addr: b.address,
+            prefix: b.prefix,
+        };
+        ctl.set_addr(&p.name, cidr).map_err(|e| {
+            format!(
+                "{what}: cannot set address {}/{} (leased from the DHCP server {}): {e}",
+                cidr.addr, cidr.prefix, b.server
+            )
+        })?;
+        // The first interface's router is the default route, as a static gateway is.
+        if let (0, Some(gw)) = (n, b.routers.first()) {
+            ctl.default_route(&p.name, *gw).map_err(|e| {
+                format!(
+                    "{what}: cannot add the default route via {gw} (the router of its DHCP \
+                     lease from {}): {e}",
+                    b.server
+                )
+            })?;
+        }
+        done.leases.push(Lease {
+            mac: i.mac.clone(),
+            address: format!("{}/{}", b.address, b.prefix),
+            gateway: b.routers.first().map(Ipv4Addr::to_string),
+            dns: b.dns.iter().map(Ipv4Addr::to_string).collect(),
+            server: b.server.to_string(),
+            lease_secs: b.lease_secs,
+        });
+        let label = format!("{} (MAC {})", p.name, p.mac);
+        done.keepers
+            .push(dhcp::keep(t, p.mac.bytes(), label, b, since, *timing));
+    }
+    Ok(done)
 }
 
 #[cfg(test)]
@@ -443,6 +600,16 @@ mod tests {
             name: name.into(),
             address: address.into(),
             gateway: gateway.map(String::from),
+            dhcp: false,
+        }
+    }
+
+    fn dhcp_iface(mac: &str, name: &str) -> NetInterface {
+        NetInterface {
+            mac: mac.into(),
+            name: name.into(),
+            dhcp: true,
+            ..Default::default()
         }
     }
 
@@ -514,7 +681,7 @@ mod tests {
             iface("02:42:ac:11:00:02", "eth1", "172.17.0.2/16", None),
         ])
         .unwrap();
-        assert_eq!(ok[0].gateway, Some(Ipv4Addr::new(172, 16, 0, 1)));
+        assert_eq!(ok[0].gateway(), Some(Ipv4Addr::new(172, 16, 0, 1)));
         let err = |v: &[NetInterface]| plan(v).unwrap_err();
         let e = err(&[iface("02:42:ac:10:00:02", "eth0", "172.16.0.2", None)]);
         assert!(
@@ -559,6 +726,64 @@ mod tests {
             ),
         ]);
         assert!(e.contains("second default gateway"), "{e}");
+    }
+
+    #[test]
+    fn dhcp_interfaces_have_no_fixed_address_and_the_first_gives_the_route() {
+        let ok = plan(&[
+            dhcp_iface("02:42:0a:63:07:32", "eth0"),
+            iface("02:42:ac:11:00:02", "eth1", "172.17.0.2/16", None),
+        ])
+        .unwrap();
+        assert_eq!(ok[0].addressing, Addressing::Dhcp);
+        assert_eq!(ok[0].gateway(), None);
+        // A later DHCP interface next to a static gateway: that gateway is the route.
+        let ok = plan(&[
+            iface(
+                "02:42:ac:11:00:02",
+                "eth0",
+                "172.17.0.2/16",
+                Some("172.17.0.1"),
+            ),
+            dhcp_iface("02:42:0a:63:07:32", "eth1"),
+        ])
+        .unwrap();
+        assert_eq!(ok[1].addressing, Addressing::Dhcp);
+        let e = plan(&[NetInterface {
+            address: "10.99.7.50/24".into(),
+            ..dhcp_iface("02:42:0a:63:07:32", "eth0")
+        }])
+        .unwrap_err();
+        assert!(
+            e.contains("\"eth0\"") && e.contains("exclude each other"),
+            "{e}"
+        );
+        let e = plan(&[NetInterface {
+            gateway: Some("10.99.7.1".into()),
+            ..dhcp_iface("02:42:0a:63:07:32", "eth0")
+        }])
+        .unwrap_err();
+        assert!(e.contains("exclude each other"), "{e}");
+        let e = plan(&[
+            dhcp_iface("02:42:0a:63:07:32", "eth0"),
+            iface(
+                "02:42:ac:11:00:02",
+                "eth1",
+                "172.17.0.2/16",
+                Some("172.17.0.1"),
+            ),
+        ])
+        .unwrap_err();
+        assert!(
+            e.contains("\"eth1\"") && e.contains("DHCP lease gives the default route"),
+            "{e}"
+        );
+        let e = plan(&[
+            dhcp_iface("02:42:0a:63:07:32", "eth0"),
+            dhcp_iface("02:42:0a:63:07:32", "eth1"),
+        ])
+        .unwrap_err();
+        assert!(e.contains("must be unique"), "{e}");
     }
 
     fn fake_sysfs(devs: &[(&str, &str, bool)]) -> tempfile_dir::Dir {
@@ -669,7 +894,8 @@ mod tests {
                 iface("02:42:AC:11:00:02", "eth1", "172.17.0.9/24", None),
                 iface("02:42:ac:12:00:02", "eth2", "10.1.2.3/8", None),
             ];
-            configure_in(&net, &ifaces, Duration::from_secs(2)).unwrap();
+            let c = configure_in(&net, &ifaces, Duration::from_secs(2), &dhcp::TIMING).unwrap();
+            assert!(c.leases.is_empty() && c.keepers.is_empty());
             let lo = sh_in("ip -4 -o addr show dev lo");
             assert!(lo.contains("inet 127.0.0.1/8"), "{lo}");
             let link = sh_in("ip -o link show eth0");
@@ -691,9 +917,220 @@ mod tests {
                 &net,
                 &[iface("02:42:ac:13:00:02", "eth3", "172.18.0.2/16", None)],
                 Duration::from_millis(50),
+                &dhcp::TIMING,
             )
-            .unwrap_err();
+            .err()
+            .unwrap();
             assert!(e.contains("MAC 02:42:ac:13:00:02"), "{e}");
+            nix::mount::umount(&sys.0).expect("umount sysfs");
+        })
+        .join()
+        .expect("network namespace test");
+    }
+
+    /// A named network namespace, deleted on drop.
+    struct Netns(String);
+    impl Drop for Netns {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("ip")
+                .args(["netns", "delete", &self.0])
+                .status();
+        }
+    }
+
+    /// A process we started, ended on drop.
+    struct Daemon(std::process::Child);
+    impl Drop for Daemon {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+
+    /// DHCP against a real server: dnsmasq in a namespace of its own serving two segments
+    /// (10.99.7.0/24 and 10.99.8.0/24, veth pairs), the client's two devices in the network
+    /// namespace of a thread of this test. Leases of 120 s, on a clock where a second lasts
+    /// 10 ms, so that renewals come within the test. Needs root, iproute2 and dnsmasq.
+    #[test]
+    fn dhcp_leases_from_dnsmasq_in_private_network_namespaces() {
+        let have = |p: &str| Path::new(p).exists();
+        if !nix::unistd::geteuid().is_root()
+            || !(have("/usr/sbin/ip") || have("/sbin/ip"))
+            || !have("/usr/sbin/dnsmasq")
+        {
+            eprintln!("skipped: needs root, iproute2 and dnsmasq");
+            return;
+        }
+        std::thread::spawn(|| {
+            use nix::mount::{mount, MsFlags};
+            use nix::sched::{unshare, CloneFlags};
+            unshare(CloneFlags::CLONE_NEWNET | CloneFlags::CLONE_NEWNS | CloneFlags::CLONE_FS)
+                .expect("unshare");
+            mount(
+                None::<&str>,
+                "/",
+                None::<&str>,
+                MsFlags::MS_REC | MsFlags::MS_PRIVATE,
+                None::<&str>,
+            )
+            .expect("make / private");
+            let sys = tempfile_dir::Dir::new("sysfs-dhcp");
+            mount(
+                Some("sysfs"),
+                &sys.0,
+                Some("sysfs"),
+                MsFlags::empty(),
+                None::<&str>,
+            )
+            .expect("mount sysfs");
+            let net = sys.0.join("class/net");
+            let ns = Netns(format!("kic-tether-dhcp-{}", std::process::id()));
+            sh_in(&format!("ip netns add {}", ns.0));
+            let n = &ns.0;
+            sh_in(&format!(
+                "ip link add veth7 address 02:42:0a:63:07:32 type veth peer name srv7 netns {n}
+                 ip link add veth8 address 02:42:0a:63:08:32 type veth peer name srv8 netns {n}
+                 ip -n {n} link set lo up
+                 ip -n {n} addr add 10.99.7.1/24 dev srv7
+                 ip -n {n} addr add 10.99.8.1/24 dev srv8
+                 ip -n {n} link set srv7 up
+                 ip -n {n} link set srv8 up"
+            ));
+            let work = tempfile_dir::Dir::new("dnsmasq");
+            let log = work.0.join("log");
+            let dnsmasq = Daemon(
+                std::process::Command::new("ip")
+                    .args([
+                        "netns",
+                        "exec",
+                        n,
+                        "dnsmasq",
+                        "--no-daemon",
+                        "--conf-file=/dev/null",
+                    ])
+                    .args([
+                        "--port=0",
+                        "--bind-interfaces",
+                        "--interface=srv7",
+                        "--interface=srv8",
+                    ])
+                    .arg(format!(
+                        "--dhcp-leasefile={}",
+                        work.0.join("leases").display()
+                    ))
+                    .args(["--dhcp-range=10.99.7.50,10.99.7.60,255.255.255.0,2m"])
+                    .args(["--dhcp-range=10.99.8.50,10.99.8.60,255.255.255.0,2m"])
+                    .args(["--dhcp-option=option:dns-server,10.99.7.53,10.99.7.54"])
+                    // Without the ping before each offer (3 s each, one at a time).
+                    .args(["--no-ping", "--log-dhcp", "--log-facility=-"])
+                    .stderr(fs::File::create(&log).unwrap())
+                    .spawn()
+                    .expect("start dnsmasq"),
+            );
+            let ready = Instant::now();
+            while !fs::read_to_string(&log)
+                .unwrap()
+                .contains("IP range 10.99.7.50")
+            {
+                assert!(
+                    ready.elapsed() < Duration::from_secs(10),
+                    "dnsmasq did not start"
+                );
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let timing = dhcp::Timing {
+                give_up: Duration::from_secs(15),
+                renew_min: Duration::from_millis(50),
+                second: Duration::from_millis(10),
+                ..dhcp::TIMING
+            };
+            let ifaces = [
+                dhcp_iface("02:42:0a:63:07:32", "eth0"),
+                dhcp_iface("02:42:0A:63:08:32", "eth1"),
+            ];
+            let t = Instant::now();
+            let c = configure_in(&net, &ifaces, Duration::from_secs(2), &timing)
+                .unwrap_or_else(|e| panic!("{e}\n{}", fs::read_to_string(&log).unwrap()));
+            assert_eq!(c.leases.len(), 2);
+            // Each client waits for its link, then the first DISCOVER is answered: the kernel
+            // reports a second link within a second of the first only after that second.
+            assert!(
+                t.elapsed() < Duration::from_millis(1400),
+                "{:?}",
+                t.elapsed()
+            );
+            let (l0, l1) = (&c.leases[0], &c.leases[1]);
+            assert_eq!(l0.mac, "02:42:0a:63:07:32");
+            assert_eq!(l1.mac, "02:42:0A:63:08:32", "the host's spelling");
+            assert!(
+                l0.address.starts_with("10.99.7.5") && l0.address.ends_with("/24"),
+                "{l0:?}"
+            );
+            assert!(
+                l1.address.starts_with("10.99.8.5") && l1.address.ends_with("/24"),
+                "{l1:?}"
+            );
+            assert_eq!(l0.gateway.as_deref(), Some("10.99.7.1"));
+            assert_eq!(l1.gateway.as_deref(), Some("10.99.8.1"));
+            assert_eq!(l0.dns, ["10.99.7.53", "10.99.7.54"]);
+            assert_eq!((l0.server.as_str(), l0.lease_secs), ("10.99.7.1", 120));
+            assert_eq!((l1.server.as_str(), l1.lease_secs), ("10.99.8.1", 120));
+            let eth0 = sh_in("ip -4 -o addr show dev eth0");
+            assert!(
+                eth0.contains(&format!("inet {} brd 10.99.7.255", l0.address)),
+                "{eth0}"
+            );
+            let eth1 = sh_in("ip -4 -o addr show dev eth1");
+            assert!(
+                eth1.contains(&format!("inet {} brd 10.99.8.255", l1.address)),
+                "{eth1}"
+            );
+            // The first interface's router is the default route; the second's is not.
+            let route = sh_in("ip route show default");
+            assert_eq!(route.trim(), "default via 10.99.7.1 dev eth0", "{route}");
+            // T1 is 60 "seconds": 600 ms. Two renewals each within 1.5 s, unicast from the
+            // leased address, acknowledged.
+            std::thread::sleep(Duration::from_millis(1500));
+            let text = fs::read_to_string(&log).unwrap();
+            for (dev, l) in [("srv7", l0), ("srv8", l1)] {
+                let addr = l.address.split('/').next().unwrap();
+                let acks = text.matches(&format!("DHCPACK({dev}) {addr} ")).count();
+                assert!(acks >= 3, "{acks} acknowledgements on {dev}:\n{text}");
+                let renewals = text
+                    .lines()
+                    .filter(|l| l.contains(&format!("DHCPREQUEST({dev}) {addr} ")))
+                    .count();
+                assert!(renewals >= 2, "{text}");
+            }
+            drop(c);
+            // The ACKs to renewals went to the leased address: the leases are in dnsmasq's file.
+            let leases = fs::read_to_string(work.0.join("leases")).unwrap();
+            assert!(leases.contains(" 02:42:0a:63:07:32 10.99.7.5"), "{leases}");
+            drop(dnsmasq);
+
+            // Nobody answers: the start fails, naming the interface.
+            sh_in(
+                "ip link add veth9 address 02:42:0a:63:09:32 type veth peer name peer9
+                   ip link set peer9 up",
+            );
+            let quick = dhcp::Timing {
+                give_up: Duration::from_secs(1),
+                ..timing
+            };
+            let t = Instant::now();
+            let e = configure_in(
+                &net,
+                &[dhcp_iface("02:42:0a:63:09:32", "eth2")],
+                Duration::from_secs(2),
+                &quick,
+            )
+            .err()
+            .unwrap();
+            assert!(t.elapsed() >= Duration::from_secs(1));
+            assert!(
+                e.starts_with("no DHCP server answered on eth2 (MAC 02:42:0a:63:09:32) within 1 s"),
+                "{e}"
+            );
             nix::mount::umount(&sys.0).expect("umount sysfs");
         })
         .join()

@@ -471,18 +471,31 @@ async fn request(t: &Arc<Tether>, req: Request) -> Response {
                 }
                 *started = true;
             }
-            if let Err(e) = sys::enter_container(&spec) {
-                return Response::Error {
-                    message: e,
-                    exit_code: Some(126),
-                };
-            }
+            // Off the runtime's thread: a DHCP server may take seconds to answer, and the host's
+            // session (its other requests, the mux) must go on meanwhile.
+            let entered = tokio::task::spawn_blocking(move || {
+                let r = sys::enter_container(&spec);
+                (spec, r)
+            })
+            .await;
+            let (spec, leases) = match entered {
+                Ok((spec, Ok(leases))) => (spec, leases),
+                Ok((_, Err(e))) => {
+                    return Response::Error {
+                        message: e,
+                        exit_code: Some(126),
+                    }
+                }
+                Err(e) => {
+                    return Response::Error {
+                        message: format!("preparing the container failed: {e}"),
+                        exit_code: Some(126),
+                    }
+                }
+            };
             sys::milestone("container entered");
             match t.table.spawn(MAIN_ID, &spec.main) {
-                Ok(pid) => Response::Started {
-                    pid,
-                    leases: vec![],
-                },
+                Ok(pid) => Response::Started { pid, leases },
                 Err(e) => Response::Error {
                     message: e.message,
                     exit_code: Some(e.exit_code),

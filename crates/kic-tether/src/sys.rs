@@ -1,7 +1,7 @@
 //! Turning a freshly booted VM into the container: pseudo filesystems, modules, the network
 //! (`net`), the root disk.
 
-use kic_proto::ContainerSpec;
+use kic_proto::{ContainerSpec, Lease};
 use nix::mount::{mount, MsFlags};
 use nix::sys::stat::{makedev, mknod, Mode, SFlag};
 use std::ffi::CString;
@@ -174,11 +174,31 @@ fn write_file(path: &str, content: &str) -> Result<(), String> {
     fs::write(path, content).map_err(|e| format!("write {path}: {e}"))
 }
 
+/// The container's `/etc/resolv.conf`, if the tether writes one: the host's, else, when the
+/// first interface uses DHCP and its lease names DNS servers, theirs.
+fn resolv_conf(spec: &ContainerSpec, leases: &[Lease]) -> Option<String> {
+    if let Some(r) = &spec.resolv_conf {
+        return Some(r.clone());
+    }
+    let first = spec.interfaces.first().filter(|i| i.dhcp)?;
+    let lease = leases.iter().find(|l| l.mac == first.mac)?;
+    if lease.dns.is_empty() {
+        return None;
+    }
+    Some(
+        lease
+            .dns
+            .iter()
+            .map(|d| format!("nameserver {d}\n"))
+            .collect(),
+    )
+}
+
 /// Configure the network, mount the container's root disk and volumes ([`mount_container`]),
 /// and write its hostname, `/etc/hosts` and `/etc/resolv.conf`: everything before its main
-/// process starts.
-pub fn enter_container(spec: &ContainerSpec) -> Result<(), String> {
-    crate::net::configure(&spec.interfaces)?;
+/// process starts. The leases of the interfaces configured by DHCP.
+pub fn enter_container(spec: &ContainerSpec) -> Result<Vec<Lease>, String> {
+    let leases = crate::net::configure(&spec.interfaces)?;
     milestone("network configured");
     mount_container(spec)?;
     if !spec.hostname.is_empty() {
@@ -186,11 +206,11 @@ pub fn enter_container(spec: &ContainerSpec) -> Result<(), String> {
         write_file("/etc/hostname", &format!("{}\n", spec.hostname))?;
     }
     write_file("/etc/hosts", &spec.hosts)?;
-    if let Some(r) = &spec.resolv_conf {
-        write_file("/etc/resolv.conf", r)?;
+    if let Some(r) = resolv_conf(spec, &leases) {
+        write_file("/etc/resolv.conf", &r)?;
     }
     let _ = fs::create_dir_all("/tmp");
-    Ok(())
+    Ok(leases)
 }
 
 /// Mount the container's root disk, give it `/proc`, `/sys`, `/dev`, move the tether into it
@@ -454,6 +474,57 @@ mod tests {
         let _ = fs::remove_dir_all(&p);
         fs::create_dir_all(&p).unwrap();
         p
+    }
+
+    #[test]
+    fn resolv_conf_comes_from_the_host_or_the_first_interface_lease() {
+        use kic_proto::NetInterface;
+        let iface = |mac: &str, dhcp| NetInterface {
+            mac: mac.into(),
+            name: "eth0".into(),
+            dhcp,
+            ..Default::default()
+        };
+        let lease = |mac: &str, dns: &[&str]| Lease {
+            mac: mac.into(),
+            address: "10.99.7.50/24".into(),
+            dns: dns.iter().map(|d| d.to_string()).collect(),
+            server: "10.99.7.1".into(),
+            lease_secs: 120,
+            ..Default::default()
+        };
+        let mut spec = ContainerSpec {
+            interfaces: vec![
+                iface("02:42:0a:63:07:32", true),
+                iface("02:42:0a:00:00:02", true),
+            ],
+            ..Default::default()
+        };
+        let leases = [
+            lease("02:42:0a:63:07:32", &["10.99.7.53", "10.99.7.54"]),
+            lease("02:42:0a:00:00:02", &["10.0.0.53"]),
+        ];
+        assert_eq!(
+            resolv_conf(&spec, &leases).as_deref(),
+            Some("nameserver 10.99.7.53\nnameserver 10.99.7.54\n")
+        );
+        // No DNS in the first lease: the image's file stays (the second one's does not count).
+        assert_eq!(
+            resolv_conf(&spec, &[lease("02:42:0a:63:07:32", &[]), leases[1].clone()]),
+            None
+        );
+        // The host's file wins.
+        spec.resolv_conf = Some("nameserver 192.0.2.1\n".into());
+        assert_eq!(
+            resolv_conf(&spec, &leases).as_deref(),
+            Some("nameserver 192.0.2.1\n")
+        );
+        // A first interface with a fixed address: the image's file.
+        spec.resolv_conf = None;
+        spec.interfaces[0].dhcp = false;
+        assert_eq!(resolv_conf(&spec, &leases), None);
+        spec.interfaces.clear();
+        assert_eq!(resolv_conf(&spec, &leases), None);
     }
 
     #[test]
