@@ -286,14 +286,17 @@ fn wait_for_devices(dir: &Path, plans: &[Plan], timeout: Duration) -> Result<Vec
 const LINK_WAIT: Duration = Duration::from_secs(2);
 
 /// Wait until the device `name` in a `/sys/class/net`-like directory is operationally up (or
-/// `timeout` passes: the client's own retries and timeout take over from there).
-fn wait_for_link(sys_class_net: &Path, name: &str, timeout: Duration) {
+/// `timeout` passes: the client's own retries and timeout take over from there). False when
+/// it is still down (no carrier) after `timeout`.
+fn wait_for_link(sys_class_net: &Path, name: &str, timeout: Duration) -> bool {
     let state = sys_class_net.join(name).join("operstate");
     let start = Instant::now();
-    while start.elapsed() < timeout {
+    loop {
         match fs::read_to_string(&state) {
-            Ok(s) if matches!(s.trim(), "up" | "unknown") => return,
-            Err(_) => return,
+            Ok(s) if matches!(s.trim(), "up" | "unknown") => return true,
+            // Nothing to tell: let the client try.
+            Err(_) => return true,
+            Ok(_) if start.elapsed() >= timeout => return false,
             Ok(_) => std::thread::sleep(Duration::from_millis(10)),
         }
     }
@@ -531,12 +534,19 @@ fn configure_in(
             .filter(|(_, (p, _))| p.addressing == Addressing::Dhcp)
             .map(|(n, (p, i))| {
                 let h = s.spawn(move || {
-                    wait_for_link(sys_class_net, &p.name, LINK_WAIT);
+                    let link = wait_for_link(sys_class_net, &p.name, LINK_WAIT);
                     let label = format!("{} (MAC {})", p.name, p.mac);
                     let mut t = dhcp::UdpTransport::on_device(&p.name).map_err(|e| {
                         format!("network interface {label}: cannot open a DHCP client socket: {e}")
                     })?;
-                    let (b, since) = dhcp::acquire(&mut t, p.mac.bytes(), &label, timing)?;
+                    let (b, since) =
+                        dhcp::acquire(&mut t, p.mac.bytes(), &label, timing).map_err(|e| {
+                            if link {
+                                e
+                            } else {
+                                format!("{e} (the device has no carrier: its link is down)")
+                            }
+                        })?;
                     Ok((t, b, since))
                 });
                 (n, p, i, h)
@@ -851,6 +861,32 @@ mod tests {
         );
     }
 
+    #[test]
+    fn dhcp_waits_for_the_link_but_not_forever() {
+        let d = tempfile_dir::Dir::new("operstate");
+        for (name, state) in [("eth0", "up"), ("eth1", "down"), ("eth2", "unknown")] {
+            fs::create_dir(d.0.join(name)).unwrap();
+            fs::write(d.0.join(name).join("operstate"), format!("{state}\n")).unwrap();
+        }
+        let t = Instant::now();
+        assert!(wait_for_link(&d.0, "eth0", Duration::from_secs(5)));
+        assert!(wait_for_link(&d.0, "eth2", Duration::from_secs(5)));
+        assert!(wait_for_link(&d.0, "absent", Duration::from_secs(5)));
+        assert!(t.elapsed() < Duration::from_secs(1));
+        assert!(!wait_for_link(&d.0, "eth1", Duration::from_millis(100)));
+        assert!(t.elapsed() >= Duration::from_millis(100));
+        // The link comes while waiting.
+        let state = d.0.join("eth1/operstate");
+        let t = Instant::now();
+        let later = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(100));
+            fs::write(state, "up\n").unwrap();
+        });
+        assert!(wait_for_link(&d.0, "eth1", Duration::from_secs(5)));
+        assert!(t.elapsed() < Duration::from_secs(2));
+        later.join().unwrap();
+    }
+
     fn sh_in(cmd: &str) -> String {
         let out = std::process::Command::new("sh")
             .args(["-c", cmd])
@@ -1129,6 +1165,22 @@ mod tests {
             assert!(t.elapsed() >= Duration::from_secs(1));
             assert!(
                 e.starts_with("no DHCP server answered on eth2 (MAC 02:42:0a:63:09:32) within 1 s"),
+                "{e}"
+            );
+            assert!(!e.contains("carrier"), "{e}");
+            // A device whose link never comes up: said so.
+            sh_in("ip link add veth10 address 02:42:0a:63:0a:32 type veth peer name peer10");
+            let e = configure_in(
+                &net,
+                &[dhcp_iface("02:42:0a:63:0a:32", "eth3")],
+                Duration::from_secs(2),
+                &quick,
+            )
+            .err()
+            .unwrap();
+            assert!(
+                e.starts_with("no DHCP server answered on eth3 (MAC 02:42:0a:63:0a:32) within 1 s")
+                    && e.ends_with("(the device has no carrier: its link is down)"),
                 "{e}"
             );
             nix::mount::umount(&sys.0).expect("umount sysfs");
