@@ -18,7 +18,7 @@ use kic_proto::{ArchiveSource, ArchiveSpec, FileEntry, PathStat, PutSpec};
 use tokio::io::{AsyncRead, AsyncWriteExt, ReadBuf};
 
 use crate::error::{Error, Kind, Result};
-use crate::runtime::{try_lock, Ctr, PortLayer};
+use crate::runtime::{Ctr, PortLayer};
 use crate::tether::Session;
 
 /// Paths the VM itself provides and Docker leaves out of `diff` and `commit` (its init layer
@@ -173,13 +173,7 @@ impl PortLayer {
         maint: tokio::sync::OwnedMutexGuard<()>,
     ) -> Result<Guest> {
         let id = ctr.id();
-        // Its monitor may still be letting go of a VM that just ended.
-        self.settle(&id, Duration::from_secs(10)).await;
-        let lock = try_lock(&ctr.paths.lock()).ok_or_else(|| {
-            Error::conflict(format!(
-                "container {id} is being started or managed by another host process"
-            ))
-        })?;
+        let lock = self.take_vm_lock(ctr).await?;
         let config = ctr.config.read().expect("config lock").clone();
         {
             let _v = self.inner.volume_lock.lock().await;

@@ -659,6 +659,9 @@ impl Networks {
 /// Whether a container may ask for `ip` on `net` (Docker's `--ip`): only on a subnet the user
 /// gave, and only a host address of it.
 pub fn check_fixed_ip(net: &NetworkConfig, ip: Ipv4Addr) -> Result<()> {
+    if net.dhcp {
+        return Err(dhcp_fixed_ip(net));
+    }
     if !net.user_subnet {
         return Err(Error::invalid(
             "user specified IP address is supported only when connecting to networks with user configured subnets",
@@ -671,6 +674,14 @@ pub fn check_fixed_ip(net: &NetworkConfig, ip: Ipv4Addr) -> Result<()> {
         )));
     }
     Ok(())
+}
+
+/// `--ip` on a network whose addresses come from DHCP.
+pub fn dhcp_fixed_ip(net: &NetworkConfig) -> Error {
+    Error::invalid(format!(
+        "network {} gets its addresses from DHCP: an address (--ip) cannot be given on it",
+        net.name
+    ))
 }
 
 fn first_host(n: &Ipv4Net) -> Ipv4Addr {
@@ -1017,6 +1028,25 @@ mod tests {
             .unwrap_err()
             .message
             .contains("used up"));
+    }
+
+    #[test]
+    fn dhcp_networks_claim_no_subnet_and_refuse_fixed_addresses() {
+        let (_d, n) = nets("192.168.0.0/16");
+        let mut net = n.find("bridge").unwrap();
+        net.dhcp = true;
+        net.external = true;
+        assert!(check_fixed_ip(&net, Ipv4Addr::new(192, 168, 0, 9))
+            .unwrap_err()
+            .message
+            .contains("gets its addresses from DHCP"));
+        assert_eq!(net.claimed(), None);
+        net.user_subnet = true;
+        assert_eq!(net.claimed(), Some(net.subnet));
+        // Stable per container and NIC, Docker's prefix, distinct per NIC.
+        let id = "ae9e61866ba4b34c571f7aa4d5b700963a9ac87cc791f57972ea11331a7b5b1f";
+        assert_eq!(mac_for_dhcp(id, 0), "02:42:ae:9e:61:86");
+        assert_eq!(mac_for_dhcp(id, 1), "02:42:ae:9e:61:87");
     }
 
     #[test]

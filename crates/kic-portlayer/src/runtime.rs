@@ -624,10 +624,7 @@ impl PortLayer {
             })?;
             if n.dhcp {
                 if e.ipv4.is_some() {
-                    return Err(Error::invalid(format!(
-                        "network {} gets its addresses from DHCP: an address (--ip) cannot be given on it",
-                        n.name
-                    )));
+                    return Err(crate::network::dhcp_fixed_ip(&n));
                 }
                 // The address comes with the lease at start; the MAC stays the same across
                 // starts, so the server gives the same address back.
@@ -1192,13 +1189,7 @@ impl PortLayer {
         ctr.refresh();
         let id = ctr.id();
         ctr.state.borrow().check_start(&id)?;
-        // A start right after the VM ended: its monitor may still be letting go.
-        self.settle(&id, Duration::from_secs(10)).await;
-        let lock = try_lock(&ctr.paths.lock()).ok_or_else(|| {
-            Error::conflict(format!(
-                "container {id} is being started or managed by another host process"
-            ))
-        })?;
+        let lock = self.take_vm_lock(&ctr).await?;
         let config = ctr.config.read().expect("config lock").clone();
         // Addresses are handed out under the network lock, and taken once the state says
         // running (below), so two starts never get the same one.
@@ -1261,6 +1252,18 @@ impl PortLayer {
                 )))
             }
         }
+    }
+
+    /// The lock that says this process runs the container's VM (held by its monitor, or by a
+    /// maintenance boot). A VM that just ended may still be let go by its monitor: wait for it.
+    pub(crate) async fn take_vm_lock(&self, ctr: &Ctr) -> Result<File> {
+        let id = ctr.id();
+        self.settle(&id, Duration::from_secs(10)).await;
+        try_lock(&ctr.paths.lock()).ok_or_else(|| {
+            Error::conflict(format!(
+                "container {id} is being started or managed by another host process"
+            ))
+        })
     }
 
     /// The boot image may have been rebuilt (upgrade): boot the version this container uses
