@@ -314,6 +314,22 @@ def test_cp_running_container_round_trip(ad, running, host_tree, tmp_path):
     assert parse_listings(r.out)["/v/tree"] == src
 
 
+def test_cp_archive_mode_gives_files_to_the_containers_user(ad, host_tree):
+    """With a USER, `cp -a` makes the copies the user's; without -a they keep the archive's
+    owners. (`nobody` is 65534:65534 in the test image and on Debian hosts, where dockerd looks
+    it up.)"""
+    c = ad.name("cp-user")
+    ad.ok("run", "-d", "--name", c, *NET, "-u", "nobody", "busybox", "sleep", "3600", timeout=180)
+    try:
+        f = host_tree / "f.txt"
+        ad.ok("cp", str(f), f"{c}:/tmp/plain.txt")
+        ad.ok("cp", "-a", str(f), f"{c}:/tmp/archive.txt")
+        r = ad.ok("exec", c, "stat", "-c", "%n|%u|%g", "/tmp/plain.txt", "/tmp/archive.txt")
+        assert r.out.splitlines() == ["/tmp/plain.txt|1234|2345", "/tmp/archive.txt|65534|65534"], r.out
+    finally:
+        ad("rm", "-f", c, timeout=120)
+
+
 # ------------------------------------------------------------------- errors and path stats
 
 

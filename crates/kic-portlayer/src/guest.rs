@@ -93,6 +93,67 @@ impl AsyncRead for ArchiveStream {
     }
 }
 
+/// The container file `path` as text (empty when it is missing).
+async fn read_text(session: &Session, path: &str) -> String {
+    match session
+        .request(kic_proto::Request::ReadFile { path: path.into() })
+        .await
+    {
+        Ok(kic_proto::Response::File { data }) => String::from_utf8_lossy(&data).into_owned(),
+        _ => String::new(),
+    }
+}
+
+/// The `(id, primary group id)` of `name` (or of the numeric id) in passwd-format `text`.
+fn passwd_ids(text: &str, name: &str) -> Option<(u32, u32)> {
+    text.lines().find_map(|l| {
+        let f: Vec<&str> = l.split(':').collect();
+        (f.len() > 3 && (f[0] == name || f[2] == name))
+            .then(|| Some((f[2].parse().ok()?, f[3].parse().ok()?)))
+            .flatten()
+    })
+}
+
+/// The id of group `name` (or of the numeric id) in group-format `text`.
+fn group_id(text: &str, name: &str) -> Option<u32> {
+    text.lines().find_map(|l| {
+        let f: Vec<&str> = l.split(':').collect();
+        (f.len() > 2 && (f[0] == name || f[2] == name))
+            .then(|| f[2].parse().ok())
+            .flatten()
+    })
+}
+
+/// The uid and gid of the container's `--user` (`name`, `uid`, `name:group`, `uid:gid`),
+/// looked up in the container's own `/etc/passwd` and `/etc/group`.
+async fn container_user(session: &Session, user: &str) -> Result<(u32, u32)> {
+    let (u, g) = match user.split_once(':') {
+        Some((u, g)) => (u, Some(g)),
+        None => (user, None),
+    };
+    let passwd = read_text(session, "/etc/passwd").await;
+    let (uid, mut gid) = match (passwd_ids(&passwd, u), u.parse::<u32>()) {
+        (Some(ids), _) => ids,
+        (None, Ok(n)) => (n, n),
+        (None, Err(_)) => {
+            return Err(Error::invalid(format!(
+                "unable to find user {u}: no matching entries in passwd file"
+            )))
+        }
+    };
+    if let Some(g) = g {
+        gid = match g.parse::<u32>() {
+            Ok(n) => n,
+            Err(_) => group_id(&read_text(session, "/etc/group").await, g).ok_or_else(|| {
+                Error::invalid(format!(
+                    "unable to find group {g}: no matching entries in group file"
+                ))
+            })?,
+        };
+    }
+    Ok((uid, gid))
+}
+
 /// Docker's message for a path that is not in the container.
 fn no_such_path(path: &str, name: &str) -> Error {
     Error::new(
@@ -306,14 +367,16 @@ impl PortLayer {
         ))
     }
 
-    /// `PUT /containers/{id}/archive`: unpack `tar` into the directory `path`.
+    /// `PUT /containers/{id}/archive`: unpack `tar` into the directory `path`. Entries keep
+    /// the archive's owners, or with `to_user` (`docker cp -a`) belong to the container's user
+    /// when it has one (as dockerd does).
     pub async fn archive_put(
         &self,
         name_or_id: &str,
         path: &str,
         tar: impl AsyncRead + Unpin + Send,
         no_overwrite_dir_non_dir: bool,
-        owner: Option<(u32, u32)>,
+        to_user: bool,
     ) -> Result<()> {
         let (clean, _) = container_path(path)?;
         let name = name_or_id;
@@ -326,6 +389,12 @@ impl PortLayer {
             )));
         }
         let g = self.guest(name_or_id).await?;
+        let user = &view.config.spec.main.user;
+        let owner = if to_user && !user.is_empty() {
+            Some(container_user(&g.session, user).await?)
+        } else {
+            None
+        };
         g.session
             .archive_put(
                 PutSpec {
@@ -497,6 +566,17 @@ mod tests {
         assert_eq!(container_path("/../../x").unwrap(), ("/x".into(), false));
         assert_eq!(container_path("/").unwrap(), ("/".into(), true));
         assert!(container_path("").is_err());
+    }
+
+    #[test]
+    fn passwd_and_group_lines_give_ids_by_name_or_number() {
+        let passwd = "root:x:0:0:root:/root:/bin/sh\nwww:x:33:34::/var/www:/bin/false\n";
+        assert_eq!(passwd_ids(passwd, "www"), Some((33, 34)));
+        assert_eq!(passwd_ids(passwd, "33"), Some((33, 34)));
+        assert_eq!(passwd_ids(passwd, "nobody"), None);
+        let group = "root:x:0:\nstaff:x:50:www\n";
+        assert_eq!(group_id(group, "staff"), Some(50));
+        assert_eq!(group_id(group, "wheel"), None);
     }
 
     #[test]

@@ -117,72 +117,6 @@ pub async fn get(
     Ok(res)
 }
 
-/// The uid and gid of the container's user (`--user`), from its `/etc/passwd` and `/etc/group`
-/// when given by name; `None` when it has none.
-async fn container_owner(s: &AppState, id: &str) -> ApiResult<Option<(u32, u32)>> {
-    let user = s.pl.inspect(id)?.config.spec.main.user;
-    if user.is_empty() {
-        return Ok(None);
-    }
-    let (u, g) = match user.split_once(':') {
-        Some((u, g)) => (u.to_string(), Some(g.to_string())),
-        None => (user.clone(), None),
-    };
-    let read = |path: &'static str| {
-        let s = s.clone();
-        let id = id.to_string();
-        async move {
-            let mut out = Vec::new();
-            if let Ok((_, mut r)) = s.pl.archive_get(&id, path).await {
-                use tokio::io::AsyncReadExt;
-                let _ = r.read_to_end(&mut out).await;
-            }
-            let mut ar = tar::Archive::new(&out[..]);
-            let mut text = String::new();
-            if let Ok(mut es) = ar.entries() {
-                if let Some(Ok(mut e)) = es.next() {
-                    use std::io::Read;
-                    let _ = e.read_to_string(&mut text);
-                }
-            }
-            text
-        }
-    };
-    let lookup = |text: &str, name: &str| -> Option<(u32, u32)> {
-        text.lines().find_map(|l| {
-            let f: Vec<&str> = l.split(':').collect();
-            (f.len() > 3 && f[0] == name)
-                .then(|| (f[2].parse().unwrap_or(0), f[3].parse().unwrap_or(0)))
-        })
-    };
-    let (uid, mut gid) = match u.parse::<u32>() {
-        Ok(n) => (
-            n,
-            lookup(&read("/etc/passwd").await, &u)
-                .map(|x| x.1)
-                .unwrap_or(n),
-        ),
-        Err(_) => lookup(&read("/etc/passwd").await, &u).ok_or_else(|| {
-            ApiError::bad_request(format!(
-                "unable to find user {u}: no matching entries in passwd file"
-            ))
-        })?,
-    };
-    if let Some(g) = g {
-        gid = match g.parse::<u32>() {
-            Ok(n) => n,
-            Err(_) => lookup(&read("/etc/group").await, &g)
-                .map(|x| x.0)
-                .ok_or_else(|| {
-                    ApiError::bad_request(format!(
-                        "unable to find group {g}: no matching entries in group file"
-                    ))
-                })?,
-        };
-    }
-    Ok(Some((uid, gid)))
-}
-
 /// `PUT /containers/{id}/archive?path=`: unpack the body (a tar) into the directory `path`.
 pub async fn put(
     State(s): State<AppState>,
@@ -194,16 +128,12 @@ pub async fn put(
     let no_overwrite = super::util::flag(&q.no_overwrite_dir_non_dir);
     // As dockerd: the archive's owners, except that `-a` gives everything to the container's
     // user when it has one.
-    let owner = if super::util::flag(&q.copy_uid_gid) {
-        container_owner(&s, &id).await?
-    } else {
-        None
-    };
+    let to_user = super::util::flag(&q.copy_uid_gid);
     let reader =
         StreamReader::new(body.into_data_stream().map_err(|e| {
             std::io::Error::other(format!("reading the archive from the client: {e}"))
         }));
-    s.pl.archive_put(&id, &path, reader, no_overwrite, owner)
+    s.pl.archive_put(&id, &path, reader, no_overwrite, to_user)
         .await?;
     let v = s.pl.inspect(&id)?;
     let mut attrs = BTreeMap::new();
