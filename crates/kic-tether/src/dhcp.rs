@@ -890,6 +890,10 @@ fn renew_loop<T: Transport>(
                 Ok(None) => break None,
                 Err(e) => {
                     eprintln!("kic-tether: DHCP on {label}: receiving failed: {e}");
+                    // Not again at once: the next attempt is at `wait` as usual.
+                    if !sleep_until(stop, Some(wait)) {
+                        return;
+                    }
                     break None;
                 }
             };
@@ -926,12 +930,14 @@ fn renew_loop<T: Transport>(
                 told_expired = false;
             }
             Some(Err(nak)) => {
-                let why = nak.text().map(|t| format!(": {t}")).unwrap_or_default();
-                eprintln!(
-                    "kic-tether: DHCP on {label}: the server refused to renew {address} \
-                     (DHCPNAK{why}); the container keeps the address while it runs, and the \
-                     tether keeps asking"
-                );
+                if !refused {
+                    let why = nak.text().map(|t| format!(": {t}")).unwrap_or_default();
+                    eprintln!(
+                        "kic-tether: DHCP on {label}: the server refused to renew {address} \
+                         (DHCPNAK{why}); the container keeps the address while it runs, and \
+                         the tether keeps asking"
+                    );
+                }
                 refused = true;
                 if !sleep_until(stop, Some(wait)) {
                     return;
@@ -1215,6 +1221,40 @@ mod tests {
         fn log(&self) -> Vec<(Instant, Via, Message)> {
             self.log.lock().unwrap().clone()
         }
+
+        /// The log once `done` says it is complete (within 3 s).
+        fn wait_for(
+            &self,
+            done: impl Fn(&[(Instant, Via, Message)]) -> bool,
+        ) -> Vec<(Instant, Via, Message)> {
+            let start = Instant::now();
+            loop {
+                let log = self.log();
+                if done(&log) {
+                    return log;
+                }
+                assert!(start.elapsed() < Duration::from_secs(3), "{log:?}");
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        }
+
+        /// After the server answers again at `back` (10.99.7.50 leased for 40 "seconds" of
+        /// 10 ms): broadcast requests until one is acknowledged, then nothing until T1 (200 ms
+        /// later), when the renewal is unicast from the leased address.
+        fn assert_renewed_at_t1_after(&self, back: Instant) {
+            let renewing = |r: &(Instant, Via, Message)| r.0 > back && r.1 == Via::Unicast;
+            let log = self.wait_for(|log| log.iter().any(renewing));
+            let after: Vec<_> = log.iter().filter(|r| r.0 > back).collect();
+            let n = after.len();
+            assert!(renewing(after[n - 1]), "{after:?}");
+            assert!((2..=4).contains(&n), "{after:?}");
+            assert_eq!(after[n - 1].2.ciaddr, Ipv4Addr::new(10, 99, 7, 50));
+            for r in &after[..n - 1] {
+                assert_eq!(r.1, Via::Broadcast, "{after:?}");
+            }
+            let wait = after[n - 1].0 - after[n - 2].0;
+            assert!(wait >= Duration::from_millis(195), "{wait:?}");
+        }
     }
 
     impl Drop for FakeServer {
@@ -1389,10 +1429,9 @@ mod tests {
         let (b, since) = acquire(&mut t, MAC, "eth0", &timing).unwrap();
         let base = server.log().len();
         let keeper = keep(t, MAC, "eth0".into(), b, since, timing);
-        std::thread::sleep(Duration::from_millis(500));
-        let log = server.log().split_off(base);
         // Renewed at about 200 and 400 ms after the lease started, by unicast, from the
         // leased address, each ACK starting the lease anew.
+        let log = server.wait_for(|log| log.len() >= base + 2).split_off(base);
         assert_eq!(log.len(), 2, "{log:?}");
         for (at, via, m) in &log {
             assert_eq!(*via, Via::Unicast);
@@ -1449,17 +1488,51 @@ mod tests {
         assert!(gaps.min().unwrap() >= Duration::from_millis(15));
 
         // The server is back: the address is leased again and renewed as before.
+        let back = Instant::now();
         silent.store(false, std::sync::atomic::Ordering::Relaxed);
-        std::thread::sleep(Duration::from_millis(50));
-        let back = server.log().len();
-        std::thread::sleep(Duration::from_millis(100));
-        assert_eq!(server.log().len(), back, "nothing before the new T1");
-        std::thread::sleep(Duration::from_millis(150));
-        let last = server.log().pop().unwrap();
-        assert_eq!(stage(&last), Stage::Renewing);
+        server.assert_renewed_at_t1_after(back);
         let t = Instant::now();
         drop(keeper);
         assert!(t.elapsed() < Duration::from_millis(300));
+    }
+
+    #[test]
+    fn a_refused_renewal_keeps_the_address_and_asks_for_it_again() {
+        // Lease of 40 "seconds" of 10 ms (T1 200 ms). Renewals are refused (NAK) until
+        // `refuse` is cleared.
+        let refuse = Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let r = refuse.clone();
+        let server = FakeServer::start(move |_, m| match m.kind() {
+            Some(Kind::Discover) => vec![reply(m, Kind::Offer, 40)],
+            // The REQUEST of the acquisition names the server; renewals do not.
+            _ if m.option(OPT_SERVER_ID).is_some() => vec![reply(m, Kind::Ack, 40)],
+            _ if r.load(std::sync::atomic::Ordering::Relaxed) => vec![reply(m, Kind::Nak, 0)],
+            _ => vec![reply(m, Kind::Ack, 40)],
+        });
+        let mut t = server.client();
+        let (b, since) = acquire(&mut t, MAC, "eth0", &fast()).unwrap();
+        let base = server.log().len();
+        let keeper = keep(t, MAC, "eth0".into(), b, since, fast());
+        std::thread::sleep(Duration::from_millis(450));
+        let log = server.log().split_off(base);
+        // One refused renewal at T1, then requests for the same address every 20 ms.
+        assert_eq!(log[0].1, Via::Unicast);
+        assert!(log[0].0 - since >= Duration::from_millis(195));
+        let rest = &log[1..];
+        assert!((4..=14).contains(&rest.len()), "{} requests", rest.len());
+        for (_, via, m) in rest {
+            assert_eq!(*via, Via::Broadcast);
+            assert!(m.ciaddr.is_unspecified() && m.broadcast);
+            assert_eq!(m.option(OPT_REQUESTED_IP), Some(&[10, 99, 7, 50][..]));
+        }
+        for w in log.windows(2) {
+            assert!(w[1].0 - w[0].0 >= Duration::from_millis(15), "spinning");
+        }
+        // Acknowledged again: back to renewing at T1 of the new lease.
+        let back = Instant::now();
+        refuse.store(false, std::sync::atomic::Ordering::Relaxed);
+        server.assert_renewed_at_t1_after(back);
+        drop(keeper);
     }
 
     /// A transport that records what it sends and answers from a queue.
