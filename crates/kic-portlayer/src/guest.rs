@@ -33,15 +33,70 @@ const RUNTIME_PATHS: &[&str] = &[
     "/lost+found",
 ];
 
+/// How long a maintenance VM stays up after its last use, for the next request: the docker
+/// CLI stats a destination before it copies into it, and scripts copy several files.
+const LINGER: Duration = Duration::from_secs(3);
+
 /// A tether session to use for file operations, and what keeps a maintenance VM up.
 #[derive(Clone)]
 pub struct Guest {
     session: Arc<Session>,
-    _maintenance: Option<Arc<Maintenance>>,
+    _use: Option<Arc<MaintenanceUse>>,
+}
+
+/// A container's maintenance VM between uses (see [`LINGER`]); `start` and `remove` end it
+/// at once.
+#[derive(Default)]
+pub(crate) struct Linger {
+    /// Bumped by every use and every end, so a timer only ends the VM it was set for.
+    generation: u64,
+    vm: Option<Arc<Maintenance>>,
+}
+
+impl Linger {
+    /// Take the lingering VM (for a new use, or to end it by dropping it).
+    pub(crate) fn take(&mut self) -> Option<Arc<Maintenance>> {
+        self.generation += 1;
+        self.vm.take()
+    }
+}
+
+/// One use of a maintenance VM: when its last handle goes, the VM lingers for the next use.
+struct MaintenanceUse(Arc<Maintenance>);
+
+impl Drop for MaintenanceUse {
+    fn drop(&mut self) {
+        let ctr = self.0.ctr.clone();
+        let generation = {
+            let mut l = ctr.linger.lock().expect("lock");
+            l.generation += 1;
+            l.vm = Some(self.0.clone());
+            l.generation
+        };
+        let timer_ctr = ctr.clone();
+        let end = async move {
+            tokio::time::sleep(LINGER).await;
+            let vm = {
+                let mut l = timer_ctr.linger.lock().expect("lock");
+                if l.generation == generation {
+                    l.take()
+                } else {
+                    None
+                }
+            };
+            drop(vm);
+        };
+        match tokio::runtime::Handle::try_current() {
+            Ok(h) => {
+                h.spawn(end);
+            }
+            Err(_) => drop(ctr.linger.lock().expect("lock").take()),
+        }
+    }
 }
 
 /// A stopped container's VM booted for maintenance; dropping the last handle powers it off.
-struct Maintenance {
+pub(crate) struct Maintenance {
     pl: PortLayer,
     ctr: Arc<Ctr>,
     session: Arc<Session>,
@@ -214,7 +269,14 @@ impl PortLayer {
                 let session = self.session(&ctr).await?;
                 return Ok(Guest {
                     session,
-                    _maintenance: None,
+                    _use: None,
+                });
+            }
+            let lingering = ctr.linger.lock().expect("lock").take();
+            if let Some(m) = lingering.filter(|m| !m.session.is_closed()) {
+                return Ok(Guest {
+                    session: m.session.clone(),
+                    _use: Some(Arc::new(MaintenanceUse(m))),
                 });
             }
             let maint = ctr.maint.clone().lock_owned().await;
@@ -236,6 +298,7 @@ impl PortLayer {
         let id = ctr.id();
         let lock = self.take_vm_lock(ctr).await?;
         let config = ctr.config.read().expect("config lock").clone();
+        self.end_lingering_volume_users(&config).await;
         {
             let _v = self.inner.volume_lock.lock().await;
             self.check_volumes_free(&config)?;
@@ -285,12 +348,12 @@ impl PortLayer {
         match booted {
             Ok(session) => Ok(Guest {
                 session: session.clone(),
-                _maintenance: Some(Arc::new(Maintenance {
+                _use: Some(Arc::new(MaintenanceUse(Arc::new(Maintenance {
                     pl: self.clone(),
                     ctr: ctr.clone(),
                     session,
                     guards: std::sync::Mutex::new(Some((lock, maint))),
-                })),
+                })))),
             }),
             Err(e) => {
                 let _ = self.inner.hv.destroy(&config.domain).await;

@@ -130,6 +130,8 @@ pub(crate) struct Ctr {
     /// Held while the container's VM is up for maintenance (files of a stopped container), and
     /// by start and remove, which wait for it.
     pub(crate) maint: Arc<tokio::sync::Mutex<()>>,
+    /// A maintenance VM kept up a moment for the next file request.
+    pub(crate) linger: Mutex<crate::guest::Linger>,
 }
 
 pub(crate) struct Inner {
@@ -1185,12 +1187,14 @@ impl PortLayer {
     pub async fn start(&self, name_or_id: &str) -> Result<()> {
         let ctr = self.find(name_or_id)?;
         // A maintenance VM (docker cp into a stopped container) ends before the real start.
+        drop(ctr.linger.lock().expect("lock").take());
         let _maint = ctr.maint.clone().lock_owned().await;
         ctr.refresh();
         let id = ctr.id();
         ctr.state.borrow().check_start(&id)?;
         let lock = self.take_vm_lock(&ctr).await?;
         let config = ctr.config.read().expect("config lock").clone();
+        self.end_lingering_volume_users(&config).await;
         // Addresses are handed out under the network lock, and taken once the state says
         // running (below), so two starts never get the same one.
         let net_guard = self.inner.net_lock.lock().await;
@@ -1264,6 +1268,41 @@ impl PortLayer {
                 "container {id} is being started or managed by another host process"
             ))
         })
+    }
+
+    /// End the lingering maintenance VMs of other containers that mount one of `config`'s
+    /// volumes (a `docker cp` into them just ended), so that they do not hold the volume.
+    pub(crate) async fn end_lingering_volume_users(&self, config: &ContainerConfig) {
+        if config.mounts.is_empty() {
+            return;
+        }
+        let others: Vec<Arc<Ctr>> = self
+            .inner
+            .containers
+            .lock()
+            .expect("containers lock")
+            .values()
+            .filter(|c| {
+                let c = c.config.read().expect("config lock");
+                c.id != config.id
+                    && c.mounts
+                        .iter()
+                        .any(|m| config.mounts.iter().any(|n| n.volume == m.volume))
+            })
+            .cloned()
+            .collect();
+        for c in others {
+            if c.linger.lock().expect("lock").take().is_none() {
+                continue;
+            }
+            let id = c.id();
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+            while self.inner.maintenance.lock().expect("lock").contains(&id)
+                && tokio::time::Instant::now() < deadline
+            {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
     }
 
     /// The boot image may have been rebuilt (upgrade): boot the version this container uses
@@ -1649,6 +1688,7 @@ impl PortLayer {
     /// Remove a container: its VM, domain, disk and log. `force` stops it first.
     pub async fn remove(&self, name_or_id: &str, force: bool) -> Result<()> {
         let ctr = self.find(name_or_id)?;
+        drop(ctr.linger.lock().expect("lock").take());
         let _maint = ctr.maint.clone().lock_owned().await;
         ctr.refresh();
         let id = ctr.id();
@@ -2062,6 +2102,7 @@ impl Ctr {
             monitored: AtomicBool::new(false),
             state_io: Mutex::new(()),
             maint: Arc::new(tokio::sync::Mutex::new(())),
+            linger: Mutex::new(Default::default()),
         }
     }
 
