@@ -202,7 +202,12 @@ pub async fn archive_put<S: Stream>(st: &mut S, root: PathBuf, spec: PutSpec) ->
             pos: 0,
         };
         let root = open_root(&root)?;
-        kic_archive::put_archive(&root, &spec, input)
+        let stats = kic_archive::put_archive(&root, &spec, input)?;
+        // On the disks before the host hears "done": a maintenance VM may be ended (or its
+        // host process die) right after, and `docker cp` said the files are there.
+        // SAFETY: sync(2) takes no arguments and cannot fail.
+        unsafe { libc::sync() };
+        Ok(stats)
     });
     // Feed the extractor until the host's end chunk, or until the extractor stops (done or
     // failed): then it has an answer, whatever is still on the way.
