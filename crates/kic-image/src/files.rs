@@ -11,11 +11,9 @@
 //! has them (tar layers carry whole seconds, so `mtime_nsec` is normally 0); the
 //! `security.capability` xattr in lowercase hex.
 
-use std::ffi::CString;
 use std::fs;
 use std::io::Read;
-use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
+use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
 use kic_proto::FileEntry;
@@ -38,85 +36,16 @@ struct Stored {
     entries: Vec<FileEntry>,
 }
 
-/// The `security.capability` xattr of `path` (not following symlinks), in hex; empty if none.
-fn capability(path: &Path) -> Result<String> {
-    let c = CString::new(path.as_os_str().as_bytes())
-        .map_err(|_| ImageError::Invalid(format!("{} has a NUL byte", path.display())))?;
-    let name = c"security.capability";
-    let mut buf = vec![0u8; 256];
-    loop {
-        // SAFETY: both strings are NUL-terminated; `buf` is valid for `buf.len()` bytes.
-        let n = unsafe {
-            libc::lgetxattr(
-                c.as_ptr(),
-                name.as_ptr(),
-                buf.as_mut_ptr().cast(),
-                buf.len(),
-            )
-        };
-        if n >= 0 {
-            return Ok(hex::encode(&buf[..n as usize]));
-        }
-        let e = std::io::Error::last_os_error();
-        match e.raw_os_error() {
-            Some(libc::ENODATA) | Some(libc::ENOTSUP) => return Ok(String::new()),
-            Some(libc::ERANGE) if buf.len() < 1 << 16 => buf.resize(buf.len() * 4, 0),
-            _ => return Err(ImageError::io("read security.capability of", path, e)),
-        }
-    }
-}
-
-fn entry(path: String, full: &Path, m: &fs::Metadata) -> Result<FileEntry> {
-    let link = if m.file_type().is_symlink() {
-        let t = fs::read_link(full).map_err(|e| ImageError::io("read link", full, e))?;
-        String::from_utf8_lossy(t.as_os_str().as_bytes()).into_owned()
-    } else {
-        String::new()
-    };
-    let capability = if m.is_file() {
-        capability(full)?
-    } else {
-        String::new()
-    };
-    Ok(FileEntry {
-        path,
-        mode: m.mode(),
-        uid: m.uid(),
-        gid: m.gid(),
-        size: m.size(),
-        mtime: m.mtime(),
-        mtime_nsec: m.mtime_nsec() as u32,
-        // As the guest lists: a device number for device nodes only.
-        rdev: if m.file_type().is_char_device() || m.file_type().is_block_device() {
-            m.rdev()
-        } else {
-            0
-        },
-        link,
-        capability,
-    })
-}
-
 /// Lists the tree at `root` as the guest would see it mounted at `/`: `/` and every path
-/// under it, sorted, symlinks not followed.
+/// under it, sorted, symlinks not followed. The same lister as the guest's (`kic-archive`), so
+/// both sides of a diff describe files alike.
 pub fn scan_tree(root: &Path) -> Result<Vec<FileEntry>> {
-    let m = fs::symlink_metadata(root).map_err(|e| ImageError::io("stat", root, e))?;
-    let mut out = vec![entry("/".into(), root, &m)?];
-    let mut stack = vec![(root.to_path_buf(), String::new())];
-    while let Some((dir, rel)) = stack.pop() {
-        let rd = fs::read_dir(&dir).map_err(|e| ImageError::io("list", &dir, e))?;
-        for e in rd {
-            let e = e.map_err(|e| ImageError::io("list", &dir, e))?;
-            let full = e.path();
-            let name = String::from_utf8_lossy(e.file_name().as_bytes()).into_owned();
-            let path = format!("{rel}/{name}");
-            let m = fs::symlink_metadata(&full).map_err(|e| ImageError::io("stat", &full, e))?;
-            if m.is_dir() {
-                stack.push((full.clone(), path.clone()));
-            }
-            out.push(entry(path, &full, &m)?);
-        }
-    }
+    let root = RootDir::open(root)?;
+    let mut out = Vec::new();
+    kic_archive::list(&root, "/", false, &mut |e| {
+        out.push(e);
+        Ok(())
+    })?;
     out.sort_by(|a, b| a.path.cmp(&b.path));
     Ok(out)
 }
