@@ -178,6 +178,18 @@ pub fn make_ext4(staging: &Path, out: &Path, size_bytes: u64) -> Result<()> {
         .map_err(|e| ImageError::io("chmod", out, e))
 }
 
+/// A new empty staging tree under `tmp/` (mode 0755, as an image's root), deleted when dropped.
+pub(crate) fn staging_dir(layout: &Layout, prefix: &str) -> Result<tempfile::TempDir> {
+    let tmp = layout.tmp_dir();
+    let staging = tempfile::Builder::new()
+        .prefix(prefix)
+        .tempdir_in(&tmp)
+        .map_err(|e| ImageError::io("create staging directory in", &tmp, e))?;
+    fs::set_permissions(staging.path(), fs::Permissions::from_mode(0o755))
+        .map_err(|e| ImageError::io("chmod", staging.path(), e))?;
+    Ok(staging)
+}
+
 /// Builds the image disk of `id` unless it exists: staging tree, layers, file manifest
 /// ([`crate::files`]), mke2fs, rename.
 /// Returns the size of the unpacked tree, or `None` if the disk was there already. Holds the
@@ -199,12 +211,7 @@ pub fn build_disk(
         return Ok(None);
     }
     let tmp = layout.tmp_dir();
-    let staging = tempfile::Builder::new()
-        .prefix("staging-")
-        .tempdir_in(&tmp)
-        .map_err(|e| ImageError::io("create staging directory in", &tmp, e))?;
-    fs::set_permissions(staging.path(), fs::Permissions::from_mode(0o755))
-        .map_err(|e| ImageError::io("chmod", staging.path(), e))?;
+    let staging = staging_dir(layout, "staging-")?;
     let root = RootDir::open(staging.path())?;
     apply_layers(
         &ContentStore::new(layout.clone()),

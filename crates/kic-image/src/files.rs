@@ -13,7 +13,6 @@
 
 use std::fs;
 use std::io::Read;
-use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
 use kic_proto::FileEntry;
@@ -104,12 +103,7 @@ pub fn remove_manifest(layout: &Layout, id: &Digest) -> Result<()> {
 /// Applies `layers` into a throwaway staging tree under `tmp/` and lists it.
 fn regenerate(layout: &Layout, layers: &[LayerRef]) -> Result<Vec<FileEntry>> {
     let tmp = layout.tmp_dir();
-    let staging = tempfile::Builder::new()
-        .prefix("files-")
-        .tempdir_in(&tmp)
-        .map_err(|e| ImageError::io("create staging directory in", &tmp, e))?;
-    fs::set_permissions(staging.path(), fs::Permissions::from_mode(0o755))
-        .map_err(|e| ImageError::io("chmod", staging.path(), e))?;
+    let staging = crate::disk::staging_dir(layout, "files-")?;
     let root = RootDir::open(staging.path())?;
     let res = apply_layers(
         &ContentStore::new(layout.clone()),
@@ -170,6 +164,7 @@ impl ImageStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::fs::PermissionsExt;
 
     #[test]
     fn scan_lists_root_and_everything_sorted_without_following_links() {
